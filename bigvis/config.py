@@ -1,0 +1,159 @@
+"""Config schema, argument parsing and validation.
+
+Every config file builds on `defaults()`, which lists each field the trainer reads. `validate` rejects
+any key not in that schema (with a did-you-mean hint), so a typo fails before anything compiles;
+big_vision silently ignores such keys.
+"""
+import ast
+import difflib
+
+import ml_collections
+
+TASK_HEADS = {  # head -> losses it supports
+    'multilabel': ('softmax_xent', 'sigmoid_bce'),
+    'embedding': ('normalized_softmax',),
+    'classifier': ('xent',),
+}
+
+
+def task(head, label_field, num_classes, *, loss=None, weight=1.0, embed_dim=256,
+         temperature=0.05):
+  """One task of a multi-task model: a head on the shared trunk, its loss, weight and label field."""
+  return ml_collections.ConfigDict(dict(
+      head=head, loss=loss or TASK_HEADS[head][0], weight=weight, label_field=label_field,
+      num_classes=num_classes, embed_dim=embed_dim, temperature=temperature))
+
+
+def defaults():
+  """The full schema with default values. Config files override fields; they may not add any."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 100
+  c.batch_size = 32  # Global batch, split over processes and devices.
+  c.grad_accum_steps = 1  # Micro-batches per step; batch_size must divide by it.
+  c.log_every_steps = 10
+  c.checkpoint_every_steps = 50
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  # Peak FLOP/s of one device, for MFU. Default: the float32 jit-matmul ceiling measured on the
+  # 2-core dev CPU (DESIGN.md section 4). An H100 SXM in dense bf16 is 989e12.
+  c.peak_flops_per_device = 140e9
+
+  c.input = ml_collections.ConfigDict(dict(
+      data_dir='runs/data/shapes',  # Folder of ArrayRecord shards.
+      split='train',  # Shards are `{data_dir}/{split}-*.array_record`.
+      pp='decode|random_resized_crop(224)|flip_lr|value_range(-1,1)',
+      worker_count=0,  # Grain worker processes (0 = in the main process).
+      shuffle=True,
+  ))
+  c.model = ml_collections.ConfigDict(dict(
+      name='vit', variant='B/16', pool_type='tok', posemb='learn', dtype='float32', remat=False,
+      dropout=0.0))
+  c.tasks = ml_collections.ConfigDict()  # name -> task(...)
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='adamw',  # adamw | lamb | sgd
+      lr=1e-3, b1=0.9, b2=0.999, momentum=0.9, weight_decay=1e-4,
+      decay_mask='kernels',  # kernels | all | none: which params weight decay touches.
+      schedule='cosine',  # cosine | linear | constant, after linear warmup.
+      warmup_steps=10, end_lr_factor=0.0, clip_norm=1.0))  # clip_norm 0 = no clipping.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # -1: all remaining devices.
+  c.sharding = ml_collections.ConfigDict(dict(
+      fsdp_min_size=2**16,  # Params with fewer elements stay replicated.
+      rules=DEFAULT_RULES))
+  return c
+
+
+# Ordered (param-path regex, mesh axes per dim) rules; the first match wins. Names follow the
+# big_vision ViT tree. Params no rule names are sharded over `fsdp` on their largest divisible dim.
+DEFAULT_RULES = (
+    (r'MultiHeadDotProductAttention_\d+/(query|key|value)/kernel$', ('fsdp', 'model', None)),
+    (r'MultiHeadDotProductAttention_\d+/(query|key|value)/bias$', ('model', None)),
+    (r'MultiHeadDotProductAttention_\d+/out/kernel$', ('model', None, 'fsdp')),
+    (r'MlpBlock_\d+/Dense_0/kernel$', ('fsdp', 'model')),
+    (r'MlpBlock_\d+/Dense_0/bias$', ('model',)),
+    (r'MlpBlock_\d+/Dense_1/kernel$', ('model', 'fsdp')),
+)
+
+
+def parse_arg(arg, **spec):
+  """Parses 'variant=B/16,runlocal' into a ConfigDict typed after `spec`'s defaults.
+
+  A bare name sets a boolean to True. Unknown names are rejected.
+  """
+  out = ml_collections.ConfigDict(spec)
+  for item in filter(None, (arg or '').split(',')):
+    key, has_value, value = item.partition('=')
+    if key not in spec:
+      raise ValueError(f'Unknown config arg {key!r}; known: {sorted(spec)}')
+    default = spec[key]
+    if not has_value:
+      if not isinstance(default, bool):
+        raise ValueError(f'Config arg {key!r} needs a value ({key}=...)')
+      out[key] = True
+    elif isinstance(default, bool):
+      out[key] = value.lower() in ('1', 'true', 'yes')
+    elif isinstance(default, (int, float)):
+      out[key] = type(default)(ast.literal_eval(value))
+    else:
+      out[key] = value
+  return out
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _unknown(key, known, where):
+  hint = difflib.get_close_matches(key, known, n=1)
+  hint = f' (did you mean {hint[0]!r}?)' if hint else ''
+  return ConfigError(f'Unknown config key {where}{key!r}{hint}; known keys: {sorted(known)}')
+
+
+def _check_keys(config, schema, where=''):
+  for key in config.keys():
+    if key not in schema:
+      raise _unknown(key, list(schema.keys()), where)
+    value, default = config[key], schema[key]
+    if isinstance(default, ml_collections.ConfigDict) and key != 'tasks':
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f'Config key {where}{key} must be a dict, got {value!r}')
+      _check_keys(value, default, f'{where}{key}.')
+
+
+def validate(config):
+  """Raises ConfigError naming the first unknown key or inconsistent value."""
+  _check_keys(config, defaults())
+  if not config.tasks:
+    raise ConfigError('Config has no tasks: set config.tasks.NAME = bigvis.config.task(...)')
+  task_schema = task('classifier', 'x', 1)
+  for name, t in config.tasks.items():
+    _check_keys(t, task_schema, f'tasks.{name}.')
+    if t.head not in TASK_HEADS:
+      raise ConfigError(f'tasks.{name}.head={t.head!r}; known heads: {sorted(TASK_HEADS)}')
+    if t.loss not in TASK_HEADS[t.head]:
+      raise ConfigError(f'tasks.{name}.loss={t.loss!r} does not fit head {t.head!r}; '
+                        f'choose from {TASK_HEADS[t.head]}')
+  if config.batch_size % config.grad_accum_steps:
+    raise ConfigError(f'batch_size={config.batch_size} is not divisible by '
+                      f'grad_accum_steps={config.grad_accum_steps}')
+  for key in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'batch_size'):
+    if config[key] <= 0:
+      raise ConfigError(f'{key} must be positive, got {config[key]}')
+  choices = dict(name=('adamw', 'lamb', 'sgd'), schedule=('cosine', 'linear', 'constant'),
+                 decay_mask=('kernels', 'all', 'none'))
+  for key, allowed in choices.items():
+    if config.optimizer[key] not in allowed:
+      raise ConfigError(f'optimizer.{key}={config.optimizer[key]!r}; choose from {allowed}')
+  return config
+
+
+def label_specs(config):
+  """Record label field -> (target kind, num_classes) for the input pipeline."""
+  kinds = {'multilabel': 'multi_hot', 'embedding': 'class', 'classifier': 'class'}
+  specs = {}
+  for name, t in config.tasks.items():
+    spec = (kinds[t.head], t.num_classes)
+    if specs.setdefault(t.label_field, spec) != spec:
+      raise ConfigError(f'tasks.{name}: label field {t.label_field!r} is used with conflicting '
+                        f'kinds {specs[t.label_field]} and {spec}')
+  return specs

@@ -1,0 +1,214 @@
+"""Preprocessing ops and the Grain pipeline, on a small synthetic corpus."""
+
+import io
+import itertools
+
+import grain
+import numpy as np
+import pytest
+from PIL import Image
+
+from bigvis import data, preprocess, records, synthetic
+
+NUM_RECORDS = 40
+PP = "decode|random_resized_crop(16)|flip_lr|value_range(-1, 1)"
+LABELS = {"shape": ("class", synthetic.NUM_SHAPES), "tags": ("multi_hot", synthetic.NUM_TAGS)}
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+  out = tmp_path_factory.mktemp("shapes")
+  return synthetic.make_shapes_corpus(str(out), num_records=NUM_RECORDS, image_size=24, num_shards=3)
+
+
+def _dataset(paths, **kwargs):
+  args = dict(pp=PP, labels=LABELS, batch_size=8, seed=0)
+  return data.make_dataset(paths, **{**args, **kwargs})
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["index"], y["index"])
+    np.testing.assert_array_equal(x["image"], y["image"])
+    for field in LABELS:
+      np.testing.assert_array_equal(x["labels"][field], y["labels"][field])
+
+
+# --- preprocess -------------------------------------------------------------------------------
+
+def _encoded(mode, size=(20, 30)) -> bytes:
+  image = Image.new(mode, size)
+  if mode == "P":
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.info["transparency"] = 0
+  out = io.BytesIO()
+  image.save(out, format="PNG")
+  return out.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P"])
+def test_decode_gives_rgb_uint8_on_white(mode):
+  image = preprocess.parse("decode")({"image": _encoded(mode)}, None)["image"]
+  assert image.shape == (30, 20, 3) and image.dtype == np.uint8
+  if mode in ("RGBA", "LA", "P"):  # fully transparent pixels become white
+    assert (image == 255).all()
+
+
+@pytest.mark.parametrize("pp, shape, dtype, lo, hi", [
+    ("decode|resize(12)", (12, 12, 3), np.uint8, 0, 255),
+    ("decode|resize((10, 14))", (10, 14, 3), np.uint8, 0, 255),
+    ("decode|resize_small(12)", (12, 18, 3), np.uint8, 0, 255),
+    ("decode|center_crop(10)", (10, 10, 3), np.uint8, 0, 255),
+    ("decode|random_resized_crop(16)", (16, 16, 3), np.uint8, 0, 255),
+    ("decode|random_resized_crop(8, scale=(0.5, 1.0))|flip_lr(1.0)", (8, 8, 3), np.uint8, 0, 255),
+    ("decode|value_range(-1, 1)", (24, 36, 3), np.float32, -1, 1),
+    ("decode|value_range(0, 1)", (24, 36, 3), np.float32, 0, 1),
+    ("decode|normalize", (24, 36, 3), np.float32, -2.2, 2.7),
+])
+def test_op_shapes_dtypes_ranges(pp, shape, dtype, lo, hi):
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, size=(24, 36, 3), dtype=np.uint8)
+  out = io.BytesIO()
+  Image.fromarray(pixels).save(out, format="PNG")
+  image = preprocess.parse(pp)({"image": out.getvalue(), "keep": 1}, rng)["image"]
+  assert image.shape == shape and image.dtype == dtype
+  assert lo <= image.min() and image.max() <= hi
+
+
+def test_flip_and_value_range_exact():
+  image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3) * 20
+  out = preprocess.parse("flip_lr(p=1.0)|value_range(0, 255)")({"image": image}, np.random.default_rng(0))
+  np.testing.assert_allclose(out["image"], image[:, ::-1].astype(np.float32), atol=1e-4)
+
+
+def test_random_ops_deterministic_for_same_rng():
+  image = np.random.default_rng(1).integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+  fn = preprocess.parse("random_resized_crop(16)|flip_lr")
+  run = lambda seed: fn({"image": image}, np.random.default_rng(seed))["image"]  # noqa: E731
+  np.testing.assert_array_equal(run(7), run(7))
+  assert any(not np.array_equal(run(7), run(s)) for s in range(8, 12))
+
+
+def test_unknown_op_and_bad_syntax():
+  with pytest.raises(ValueError, match=r"unknown pp op 'warp'.*known ops: .*center_crop.*decode"):
+    preprocess.parse("decode|warp(3)")
+  with pytest.raises(ValueError, match="literals"):
+    preprocess.parse("resize(__import__('os'))")
+  with pytest.raises(ValueError, match="resize"):
+    preprocess.parse("resize(1, 2, 3)")
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def test_batch_shapes_and_dtypes(paths):
+  batch = next(iter(_dataset(paths)))
+  assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == np.float32
+  assert -1 <= batch["image"].min() and batch["image"].max() <= 1
+  assert batch["labels"]["shape"].shape == (8,) and batch["labels"]["shape"].dtype == np.int32
+  assert batch["labels"]["tags"].shape == (8, synthetic.NUM_TAGS)
+  assert batch["labels"]["tags"].dtype == np.float32
+  np.testing.assert_array_equal(batch["labels"]["tags"].sum(1), 4)  # shape, colour, size, style
+  assert batch["index"].dtype == np.int64
+
+
+def test_determinism_and_reshuffle(paths):
+  a = _take(iter(_dataset(paths)), 10)
+  _assert_batches_equal(a, _take(iter(_dataset(paths)), 10))
+  b = _take(iter(_dataset(paths, seed=1)), 5)
+  assert not np.array_equal(a[0]["index"], b[0]["index"])
+  # 5 batches per epoch: each epoch is a permutation, and the next epoch reshuffles.
+  epoch0, epoch1 = (np.concatenate([x["index"] for x in a[k:k + 5]]) for k in (0, 5))
+  assert sorted(epoch0) == sorted(epoch1) == list(range(NUM_RECORDS))
+  assert not np.array_equal(epoch0, epoch1)
+
+
+def test_eval_order_and_remainder(paths):
+  ds = _dataset(paths, shuffle=False, num_epochs=1, drop_remainder=False, batch_size=16,
+                pp="decode|value_range(0, 1)")
+  batches = list(ds)
+  assert [len(b["index"]) for b in batches] == [16, 16, 8]
+  np.testing.assert_array_equal(np.concatenate([b["index"] for b in batches]), np.arange(NUM_RECORDS))
+
+
+def test_process_sharding_disjoint_and_complete(paths):
+  seen = []
+  for process_index in range(3):
+    ds = _dataset(paths, num_epochs=1, drop_remainder=False, process_index=process_index,
+                  process_count=3)
+    seen.append({int(i) for b in ds for i in b["index"]})
+  assert all(not (x & y) for x, y in itertools.combinations(seen, 2))
+  assert set().union(*seen) == set(range(NUM_RECORDS))
+
+
+def test_exact_resume_in_process(paths):
+  ds = _dataset(paths)
+  expected = _take(iter(ds), 8)
+  it = iter(ds)
+  _take(it, 4)
+  state = it.get_state()
+  fresh = iter(_dataset(paths))
+  fresh.set_state(state)
+  _assert_batches_equal(_take(fresh, 4), expected[4:])  # crosses into the second epoch
+
+
+def test_exact_resume_with_workers_through_orbax(paths, tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  expected = _take(iter(_dataset(paths)), 7)  # in process: batches must not depend on workers
+  it = iter(_dataset(paths, worker_count=2))
+  try:
+    _assert_batches_equal(_take(it, 3), expected[:3])
+    state = it.get_state()
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+      manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+      manager.wait_until_finished()
+    _take(it, 2)  # move on, so the restore has something to undo
+  finally:
+    it.close()
+
+  fresh = iter(_dataset(paths, worker_count=2))
+  try:
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+      manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+    assert fresh.get_state() == state
+    _assert_batches_equal(_take(fresh, 4), expected[3:])
+  finally:
+    fresh.close()
+
+
+@pytest.mark.parametrize("labels, message", [
+    ({"shape": ("class", 3)}, r"labels\.shape.*\[0, 3\)"),
+    ({"tags": ("multi_hot", 5)}, r"labels\.tags.*\[0, 5\)"),
+    ({"missing": ("class", 3)}, r"labels\.missing': missing"),
+    ({"tags": ("class", 20)}, r"labels\.tags.*class label"),
+])
+def test_bad_labels_name_field_and_record(paths, labels, message):
+  ds = _dataset(paths, labels=labels, shuffle=False)
+  with pytest.raises(records.RecordError, match=message) as e:
+    next(iter(ds))
+  assert ".array_record record " in str(e.value) and "(id 'shapes-train-0-" in str(e.value)
+
+
+def test_bad_arguments(paths):
+  with pytest.raises(ValueError, match="kind"):
+    _dataset(paths, labels={"shape": ("softmax", 3)})
+  with pytest.raises(ValueError, match="process_index"):
+    _dataset(paths, process_index=3, process_count=3)
+  with pytest.raises(ValueError, match="float32"):
+    next(iter(_dataset(paths, pp="decode|resize(8)")))
+
+
+def test_corrupt_record_names_shard_and_position(paths, tmp_path):
+  from array_record.python import array_record_module
+  bad = str(tmp_path / "bad-00000-of-00001.array_record")
+  writer = array_record_module.ArrayRecordWriter(bad, records.WRITER_OPTIONS)
+  writer.write(records.read_shard(paths[0])[0])
+  writer.write(b"\x93 not a record")
+  writer.close()
+  ds = _dataset([bad], shuffle=False, batch_size=2)
+  with pytest.raises(records.RecordError, match=r"bad-00000-of-00001\.array_record record 1: not a msgpack"):
+    next(iter(ds))

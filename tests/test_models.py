@@ -1,0 +1,177 @@
+"""Trunk tests: published parameter counts (abstractly, via eval_shape) and tiny real forwards."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from bigvis.models import build_trunk, feature_dim, vit
+
+
+def _cfg(**kw):
+  return ml_collections.ConfigDict(kw)
+
+
+def _n_params(cfg, px=224):
+  trunk = build_trunk(cfg, num_classes=1000)
+  shapes = jax.eval_shape(trunk.init, jax.random.key(0), jnp.zeros((1, px, px, 3)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+# Published counts, 224 px, 1000-way head.
+# ViT: timm model cards (vit_{tiny,small,base,large}_patch16_224, vit_base_patch32_224,
+# vit_huge_patch14_224), which count a position embedding for the class token too; big_vision
+# (and we) do not, a difference of D params. ViT-g/14: Zhai et al. 2022 "Scaling Vision
+# Transformers", table 2: 1011M (their count has no 1000-way head; we add 1.4M, hence 2%).
+# ResNet: torchvision docs num_params (resnet50 25,557,032; resnext50_32x4d 25,028,904).
+# GroupNorm has the same scale+bias per channel as BatchNorm, so the counts match exactly.
+@pytest.mark.parametrize('name,variant,published,rtol', [
+    ('vit', 'Ti/16', 5.72e6, 0.01),
+    ('vit', 'S/16', 22.05e6, 0.01),
+    ('vit', 'B/16', 86.57e6, 0.01),
+    ('vit', 'L/16', 304.33e6, 0.01),
+    ('vit', 'H/14', 632.05e6, 0.01),
+    ('vit', 'g/14', 1011e6, 0.02),
+    ('vit', 'B/32', 88.22e6, 0.01),
+    ('resnet', '50', 25_557_032, 0.01),
+    ('resnet', 'x50_32x4d', 25_028_904, 0.01),
+])
+def test_param_count(name, variant, published, rtol):
+  assert _n_params(_cfg(name=name, variant=variant)) == pytest.approx(published, rel=rtol)
+
+
+def test_vit_param_tree_names():
+  """big_vision checkpoint paths and shapes, which loading and sharding rules rely on."""
+  trunk = build_trunk(_cfg(name='vit', variant='Ti/16'), num_classes=10)
+  p = jax.eval_shape(trunk.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params']
+  assert set(p) == {'embedding', 'cls', 'pos_embedding', 'Transformer', 'head'}
+  assert p['embedding']['kernel'].shape == (16, 16, 3, 192)
+  assert p['cls'].shape == (1, 1, 192) and p['pos_embedding'].shape == (1, 16, 192)
+  t = p['Transformer']
+  assert set(t) == {f'encoderblock_{i}' for i in range(12)} | {'encoder_norm'}
+  blk = t['encoderblock_11']
+  assert set(blk) == {'LayerNorm_0', 'MultiHeadDotProductAttention_0', 'LayerNorm_1', 'MlpBlock_0'}
+  attn = blk['MultiHeadDotProductAttention_0']
+  assert attn['query']['kernel'].shape == (192, 3, 64)
+  assert attn['out']['kernel'].shape == (3, 64, 192)
+  assert set(blk['MlpBlock_0']) == {'Dense_0', 'Dense_1'}
+
+  map_trunk = build_trunk(_cfg(name='vit', variant='Ti/16', pool_type='map', posemb='sincos2d'))
+  p = jax.eval_shape(map_trunk.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params']
+  assert set(p) == {'embedding', 'Transformer', 'MAPHead_0'}  # No cls, posemb or head params.
+
+
+def _images(px=32, batch=2):
+  return jax.random.uniform(jax.random.key(1), (batch, px, px, 3))
+
+
+# Real forwards run under jit on random params in the init's shapes: on this CPU, compiling a
+# ViT-Ti init takes ~11 s, compiling its forward ~1 s.
+def _random_params(module, x):
+  shapes = jax.eval_shape(module.init, jax.random.key(0), x)['params']
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+
+
+@pytest.mark.parametrize('pool_type', ['tok', 'gap', 'map'])
+@pytest.mark.parametrize('posemb', ['learn', 'sincos2d'])
+def test_vit_forward(pool_type, posemb):
+  cfg = _cfg(name='vit', variant='Ti/16', pool_type=pool_type, posemb=posemb)
+  trunk, images = build_trunk(cfg), _images()
+  pooled, inter = jax.jit(trunk.apply)({'params': _random_params(trunk, images)}, images)
+  assert pooled.shape == (2, feature_dim(cfg)) == (2, 192) and pooled.dtype == jnp.float32
+  assert np.all(np.isfinite(pooled))
+  n_tokens = 4 + (pool_type == 'tok')
+  assert inter['stem'].shape == (2, 2, 2, 192)
+  assert {f'block_{i}' for i in range(12)} <= set(inter)
+  assert inter['block_11'].shape == inter['encoded'].shape == (2, n_tokens, 192)
+  np.testing.assert_array_equal(inter['pre_logits'], pooled)
+  # The two images differ, so their features must too: the trunk really reads its input.
+  assert not np.allclose(pooled[0], pooled[1])
+
+
+def test_vit_bf16_gives_float32_features_and_params():
+  trunk = build_trunk(_cfg(name='vit', variant='Ti/16', dtype='bfloat16', pool_type='map'))
+  images = _images()
+  params = _random_params(trunk, images)  # Keeps the dtypes the init declares.
+  assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+  pooled, inter = jax.jit(trunk.apply)({'params': params}, images)
+  assert pooled.dtype == jnp.float32 and inter['encoded'].dtype == jnp.bfloat16
+  assert np.all(np.isfinite(pooled)) and not np.allclose(pooled[0], pooled[1])
+
+
+def test_resnet_forward():
+  cfg = _cfg(name='resnet', variant='x50_32x4d', dtype='bfloat16')
+  trunk, images = build_trunk(cfg), _images()
+  pooled, inter = jax.jit(trunk.apply)({'params': _random_params(trunk, images)}, images)
+  assert pooled.shape == (2, feature_dim(cfg)) == (2, 2048) and pooled.dtype == jnp.float32
+  assert inter['stem'].shape == (2, 8, 8, 64) and inter['stem'].dtype == jnp.bfloat16
+  assert [inter[f'stage_{k}'].shape for k in (1, 2, 3, 4)] == [
+      (2, 8, 8, 256), (2, 4, 4, 512), (2, 2, 2, 1024), (2, 1, 1, 2048)]
+  np.testing.assert_array_equal(inter['pre_logits'], pooled)
+  assert np.all(np.isfinite(pooled)) and not np.allclose(pooled[0], pooled[1])
+
+
+def test_vit_remat_same_outputs():
+  cfg = dict(name='vit', variant='Ti/16', pool_type='gap', posemb='sincos2d')
+  trunks = [build_trunk(_cfg(remat=r, **cfg)) for r in (False, True)]
+  images = _images()
+  params = {'params': _random_params(trunks[0], images)}
+  plain, remat = jax.jit(lambda p: [t.apply(p, images)[0] for t in trunks])(params)
+  np.testing.assert_allclose(remat, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('name,variant,n_blocks', [('vit', 'Ti/16', 12), ('resnet', '50', 16)])
+def test_remat_wraps_every_block(name, variant, n_blocks):
+  """Tracing only (no compile): remat=True puts each block in its own checkpoint."""
+  images = jnp.zeros((1, 32, 32, 3))
+  trunk = build_trunk(_cfg(name=name, variant=variant, remat=True))
+  params = jax.eval_shape(trunk.init, jax.random.key(0), images)
+  eqns = jax.make_jaxpr(trunk.apply)(params, images).eqns
+  # jax names its checkpoint primitive 'remat2' (in some versions 'checkpoint').
+  assert sum(e.primitive.name in ('remat2', 'checkpoint') for e in eqns) == n_blocks
+
+
+def test_remat_same_gradients_with_dropout():
+  """remat acts in the backward pass, where the recomputed blocks must replay the same dropout
+  masks. Checked on a one-block encoder: whole trunks take too long to compile on this CPU."""
+  x = jax.random.normal(jax.random.key(1), (2, 5, 32))
+  encoders = [vit.Encoder(depth=1, mlp_dim=64, num_heads=2, dropout=0.1, remat=r)
+              for r in (False, True)]
+  params = {'params': _random_params(encoders[0], x)}
+
+  def grad(enc, p):  # deterministic=False, and a fixed key so both draw the same masks.
+    apply = lambda p: enc.apply(p, x, False, rngs={'dropout': jax.random.key(2)})[0]
+    return jax.grad(lambda p: jnp.sum(jnp.sin(apply(p))))(p)
+
+  # One jit for both: a single compile is markedly cheaper here than two.
+  plain, remat = jax.jit(lambda p: [grad(enc, p) for enc in encoders])(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), plain, remat)
+
+
+def test_dropout_is_used_in_training_only():
+  """Tracing only: compiling the ~40 dropout masks' RNG would cost seconds on this CPU."""
+  trunk, images = build_trunk(_cfg(name='vit', variant='Ti/16', dropout=0.5)), _images()
+  params = jax.eval_shape(trunk.init, jax.random.key(0), images)
+  trace = lambda train: str(jax.make_jaxpr(lambda p: trunk.apply(
+      p, images, train=train, rngs={'dropout': jax.random.key(2)}))(params))
+  assert 'random_bits' in trace(True) and 'random_bits' not in trace(False)
+
+
+@pytest.mark.parametrize('bad', [
+    dict(name='vit', variant='X/16'),
+    dict(name='vit', variant='Ti/16', pool_type='cls'),
+    dict(name='vit', variant='Ti/16', dtype='float16'),
+    dict(name='resnet', variant='34'),
+    dict(name='mlp', variant='1'),
+])
+def test_bad_config_fails_loudly(bad):
+  with pytest.raises(ValueError):
+    build_trunk(_cfg(**bad))
+
+
+def test_plain_object_config():
+  class Cfg:
+    name, variant = 'resnet', 'x101_32x8d'
+  assert feature_dim(Cfg()) == 2048
+  assert build_trunk(Cfg()).groups == 32
