@@ -85,7 +85,7 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
-def log_shardings(shardings, abstract_tree, top=8):
+def log_shardings(shardings, abstract_tree, top=4):
   """Logs the largest params and their specs, so a bad rule shows up in the first lines."""
   flat = jax.tree_util.tree_leaves_with_path(abstract_tree)
   specs = jax.tree.leaves(shardings)

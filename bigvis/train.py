@@ -24,7 +24,6 @@ from bigvis import optim, records, sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/pretrain.py:runlocal')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder: checkpoints/, metrics.jsonl, config.json')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def make_train_step(model, config, tx, lr_fn):
@@ -196,9 +195,26 @@ def train(config, workdir):
   return state
 
 
+class _OnlyOwnInfo(pylogging.Filter):
+  """Keeps bigvis's INFO lines and every library's warnings; Orbax alone logs ~20 INFO lines per
+  save, which would bury the trainer's own."""
+
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or _PACKAGE_DIR in record.pathname
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def main(argv):
-  del argv
-  pylogging.getLogger('absl').setLevel(pylogging.INFO)
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Checked here, not with mark_flags_as_required: that would make any other parse of absl flags
+  # in a process that imported this module (Grain workers do one) fail.
+  if not _CONFIG.value or not _WORKDIR.value:
+    raise app.UsageError('Both --config and --workdir are required.')
+  logging.get_absl_handler().addFilter(_OnlyOwnInfo())
+  logging.set_verbosity(logging.INFO)
   train(_CONFIG.value, _WORKDIR.value)
 
 
