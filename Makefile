@@ -15,9 +15,9 @@ $(VENV)/.installed: requirements.txt
 # The main job, start to finish, on a fresh run folder.
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
-	$(PY) tools/make_synthetic.py --out $(DEMO_DIR)/data --num_records 512 --image_size 64
-	$(PY) -m bigvis.train --config configs/pretrain.py:runlocal,embed \
-	  --config.input.data_dir=$(DEMO_DIR)/data --workdir $(DEMO_DIR)/pretrain
+	$(PY) tools/prepare.py emoji --out $(DEMO_DIR)/data/emoji
+	$(PY) -m bigvis.train --config configs/pretrain.py:runlocal \
+	  --config.input.data_dir=$(DEMO_DIR)/data/emoji --workdir $(DEMO_DIR)/pretrain
 	@echo "Metrics: $(DEMO_DIR)/pretrain/metrics.jsonl; checkpoints: $(DEMO_DIR)/pretrain/checkpoints"
 
 test: $(VENV)/.installed

@@ -16,9 +16,12 @@ TASK_HEADS = {  # head -> losses it supports
 }
 
 
-def task(head, label_field, num_classes, *, loss=None, weight=1.0, embed_dim=256,
+def task(head, label_field, num_classes=0, *, loss=None, weight=1.0, embed_dim=256,
          temperature=0.05):
-  """One task of a multi-task model: a head on the shared trunk, its loss, weight and label field."""
+  """One task of a multi-task model: a head on the shared trunk, its loss, weight and label field.
+
+  num_classes=0 takes the class count of `label_field` from the corpus's dataset card.
+  """
   return ml_collections.ConfigDict(dict(
       head=head, loss=loss or TASK_HEADS[head][0], weight=weight, label_field=label_field,
       num_classes=num_classes, embed_dim=embed_dim, temperature=temperature))
@@ -130,6 +133,8 @@ def validate(config):
     _check_keys(t, task_schema, f'tasks.{name}.')
     if t.head not in TASK_HEADS:
       raise ConfigError(f'tasks.{name}.head={t.head!r}; known heads: {sorted(TASK_HEADS)}')
+    if t.num_classes < 0:
+      raise ConfigError(f'tasks.{name}.num_classes={t.num_classes}; 0 means from the dataset card')
     if t.loss not in TASK_HEADS[t.head]:
       raise ConfigError(f'tasks.{name}.loss={t.loss!r} does not fit head {t.head!r}; '
                         f'choose from {TASK_HEADS[t.head]}')
@@ -144,6 +149,19 @@ def validate(config):
   for key, allowed in choices.items():
     if config.optimizer[key] not in allowed:
       raise ConfigError(f'optimizer.{key}={config.optimizer[key]!r}; choose from {allowed}')
+  return config
+
+
+def resolve_num_classes(config, card):
+  """Fills each task's num_classes=0 from the dataset card's label_names (in place)."""
+  names = (card or {}).get('label_names', {})
+  for name, t in config.tasks.items():
+    if t.num_classes == 0:
+      if t.label_field not in names:
+        raise ConfigError(f'tasks.{name}.num_classes is 0 (from the dataset card), but the card '
+                          f'of {config.input.data_dir!r} names no classes for {t.label_field!r}; '
+                          f'it has {sorted(names)}')
+      t.num_classes = len(names[t.label_field])
   return config
 
 

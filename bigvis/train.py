@@ -19,8 +19,8 @@ import optax
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from bigvis import checkpoint, config as config_lib, data, distributed, heads, losses, metrics
-from bigvis import optim, records, sharding
+from bigvis import checkpoint, config as config_lib, corpora, data, distributed, heads, losses
+from bigvis import metrics, optim, records, sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/pretrain.py:runlocal')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder: checkpoints/, metrics.jsonl, config.json')
@@ -94,8 +94,6 @@ def train(config, workdir):
   process_index, process_count = distributed.initialize()
   mesh = sharding.make_mesh(config.mesh)
   os.makedirs(workdir, exist_ok=True)
-  if process_index == 0:
-    _write_json_atomic(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
   if config.batch_size % (process_count * mesh.shape['data'] * mesh.shape['fsdp']):
     raise config_lib.ConfigError(
         f'batch_size={config.batch_size} must divide over {process_count} processes and the '
@@ -103,10 +101,15 @@ def train(config, workdir):
 
   # --- Data: each process reads its own shard of the records.
   paths = records.shard_paths(config.input.data_dir, config.input.split)
+  card_path = os.path.join(config.input.data_dir, 'dataset_card.json')
+  config_lib.resolve_num_classes(config, corpora.read_card(config.input.data_dir)
+                                 if os.path.exists(card_path) else None)
   make_ds = functools.partial(
       data.make_dataset, paths, pp=config.input.pp, labels=config_lib.label_specs(config),
       seed=config.seed, shuffle=config.input.shuffle, process_index=process_index,
       process_count=process_count)
+  if process_index == 0:  # The resolved config, class counts included.
+    _write_json_atomic(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
   example = next(iter(make_ds(batch_size=1, worker_count=0)))  # Input shapes for init.
   train_iter = iter(make_ds(batch_size=config.batch_size // process_count,
                             worker_count=config.input.worker_count))

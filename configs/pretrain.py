@@ -1,57 +1,66 @@
-"""Multi-label pretraining on weak labels: a ViT (or the ResNet baseline) with a softmax head over
-the label vocabulary, targets multi-hot normalized to sum 1.
+"""Pretraining: a ViT (or the ResNet baseline) on the corpus's labels, multi-task.
 
-Until mined labels land, the labels are the synthetic shapes corpus's `tags` field. Make it first:
-  python tools/make_synthetic.py --out runs/data/shapes
+Until mined weak labels land, the emoji corpus trains a subcategory classifier plus an identity
+embedding (normalized softmax); the synthetic shapes corpus trains multi-label `tags` (softmax
+over multi-hot targets normalized to sum 1). Class counts come from the corpus's dataset card.
 
-Run (seconds on a 2-core CPU):
+Prepare the data first:
+  python tools/prepare.py emoji --out runs/data/emoji
+  python tools/make_synthetic.py --out runs/data/shapes          # for data=shapes
+Run (under a minute on a 2-core CPU):
   python -m bigvis.train --config configs/pretrain.py:runlocal --workdir runs/pretrain
 Full size:
   python -m bigvis.train --config configs/pretrain.py:variant=B/16 --workdir gs://.../pretrain
-Args: variant (ViT Ti/16 .. g/14, or resnet50, resnext50), runlocal, embed (add an identity
-embedding task beside the multi-label one).
+Args: variant (ViT Ti/16 .. g/14 at any patch, or resnet50, resnext50_32x4d), data (emoji |
+shapes), runlocal.
 """
 from bigvis import config as config_lib
-from bigvis import synthetic
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant='B/16', runlocal=False, embed=False)
+  arg = config_lib.parse_arg(arg, variant='B/16', data='emoji', runlocal=False)
   c = config_lib.defaults()
   c.seed = 0
-  c.total_steps = 90_000
-  c.batch_size = 4096
-  c.log_every_steps = 100
+  c.total_steps = 20_000
+  c.batch_size = 1024
+  c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
 
-  c.input.data_dir = 'runs/data/shapes'
+  c.input.data_dir = f'runs/data/{arg.data}'
   c.input.split = 'train'
-  c.input.pp = 'decode|random_resized_crop(224, scale=(0.3, 1.0))|flip_lr|value_range(-1,1)'
+  c.input.pp = 'decode|random_resized_crop(224, scale=(0.5, 1.0))|flip_lr|value_range(-1,1)'
   c.input.worker_count = 8
 
-  if arg.variant.startswith('res'):
-    c.model.name, c.model.variant = 'resnet', arg.variant.removeprefix('resnet').removeprefix('res')
+  if arg.variant.startswith('res'):  # resnet50 -> '50', resnext50_32x4d -> 'x50_32x4d'
+    c.model.name = 'resnet'
+    c.model.variant = (arg.variant.replace('resnext', 'x', 1) if arg.variant.startswith('resnext')
+                       else arg.variant.removeprefix('resnet'))
   else:
     c.model.name, c.model.variant = 'vit', arg.variant
     c.model.pool_type = 'map'
-  c.tasks.labels = config_lib.task('multilabel', 'tags', synthetic.NUM_TAGS, loss='softmax_xent')
-  if arg.embed:
-    c.tasks.identity = config_lib.task('embedding', 'identity', synthetic.NUM_IDENTITIES,
-                                       weight=0.5, embed_dim=64)
+
+  if arg.data == 'emoji':
+    c.tasks.subcategory = config_lib.task('classifier', 'subcategory')
+    c.tasks.identity = config_lib.task('embedding', 'identity', weight=0.5, embed_dim=256)
+  elif arg.data == 'shapes':
+    c.tasks.labels = config_lib.task('multilabel', 'tags', loss='softmax_xent')
+    c.tasks.identity = config_lib.task('embedding', 'identity', weight=0.5, embed_dim=64)
+  else:
+    raise ValueError(f'data={arg.data!r}: choose emoji or shapes')
 
   c.optimizer.name = 'adamw'
   c.optimizer.lr = 1e-3
   c.optimizer.b2 = 0.95
   c.optimizer.weight_decay = 1e-4
-  c.optimizer.warmup_steps = 10_000
+  c.optimizer.warmup_steps = 1000
   c.optimizer.schedule = 'cosine'
   c.mesh.data, c.mesh.fsdp, c.mesh.model = -1, 1, 1
 
   if arg.runlocal:  # A laptop-sized run of the same recipe.
-    c.total_steps = 40
-    c.batch_size = 16
+    c.total_steps = 60
+    c.batch_size = 32
     c.log_every_steps = 5
-    c.checkpoint_every_steps = 20
+    c.checkpoint_every_steps = 30
     c.input.pp = 'decode|random_resized_crop(64, scale=(0.5, 1.0))|flip_lr|value_range(-1,1)'
     c.input.worker_count = 0
     c.optimizer.warmup_steps = 5

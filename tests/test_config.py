@@ -49,7 +49,8 @@ def test_pretrain_config_variants_validate():
   sys.path.insert(0, '.')
   import importlib
   pretrain = importlib.import_module('configs.pretrain')
-  for arg in ('', 'runlocal', 'variant=S/16,embed', 'variant=resnet50,runlocal'):
+  for arg in ('', 'runlocal', 'variant=S/16,data=shapes', 'variant=resnet50,runlocal',
+              'variant=resnext50_32x4d'):
     config_lib.validate(pretrain.get_config(arg))
 
 

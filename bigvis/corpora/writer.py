@@ -144,9 +144,10 @@ class _Stats:
     per_split = self.histograms.setdefault(split, {})
     for field, value in record.labels.items():
       values = list(value) if isinstance(value, (list, tuple)) else [value]
-      kind = type(values[0]).__name__ if values else "empty"
-      self.label_kinds.setdefault(field, set()).add(
-          f"list[{kind}]" if isinstance(value, (list, tuple)) else kind)
+      kinds = self.label_kinds.setdefault(field, set())
+      if values:  # an empty list says nothing about the element type
+        kind = type(values[0]).__name__
+        kinds.add(f"list[{kind}]" if isinstance(value, (list, tuple)) else kind)
       self.label_records[field] += 1
       self.label_values.setdefault(field, set()).update(values)
       names = self.label_names.get(field)
@@ -202,7 +203,7 @@ def _build_card(card: dict, *, name: str, stats: _Stats, splits: dict, status: s
   fields = {
       "texts": {k: stats.texts[k] for k in sorted(stats.texts)},
       "labels": {
-          f: {"kind": " | ".join(sorted(stats.label_kinds[f])),
+          f: {"kind": " | ".join(sorted(stats.label_kinds[f])) or "list",
               "records": stats.label_records[f],
               "classes_seen": len(stats.label_values[f]),
               "num_classes": len(label_names[f]) if f in label_names else None}
