@@ -25,6 +25,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CORPORA = {
     "emoji": ("bigvis.corpora.emoji:prepare",
               "the same emoji drawn by several vendors, keywords in 28 languages (npm)"),
+    "openclipart": ("bigvis.corpora.openclipart:prepare",
+                    "public-domain clip art, SVG titles/keywords, folder labels (Debian)"),
+    "fashion_mnist": ("bigvis.corpora.fashion_mnist:prepare",
+                      "70k Zalando product images, 10 classes (Debian)"),
+    "user": ("bigvis.corpora.user:prepare",
+             "your own data: image folder + JSONL, WebDataset tars, parquet"),
 }
 _RENAMED = {"cache_dir": "cache"}  # flag names that read better than the parameter
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import posixpath
+import re
 import tarfile
 import unicodedata
 import warnings
@@ -58,14 +59,16 @@ def load_image(data: bytes, where: str, *, max_pixels: int = MAX_PIXELS) -> Imag
       img = Image.open(io.BytesIO(data))
       w, h = img.size
       if w * h > max_pixels:  # also covers formats whose plugin skips PIL's own check
-        raise BadItem(f"decompression bomb: {w}x{h} pixels > {max_pixels}", where)
+        raise BadItem(f"decompression bomb: {w * h} pixels ({w}x{h}) > {max_pixels}", where)
       if img.format not in _KEEP_FORMATS | _CONVERT_FORMATS:
         raise BadItem(f"unsupported image format {img.format}", where)
       img.load()  # first frame only for GIF/WebP animations; that is what we store
   except BadItem:
     raise
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise BadItem(f"decompression bomb: {e}", where) from e
+    # PIL raises from the header alone (errors at twice its limit, so quote ours, not its).
+    n = re.search(r"\((\d+) pixels\)", str(e))
+    raise BadItem(f"decompression bomb: {n[1] if n else 'more than'} pixels > {max_pixels}", where) from e
   except UnidentifiedImageError as e:
     raise BadItem("corrupt image: not a recognized image format", where) from e
   except Exception as e:  # noqa: BLE001  PIL raises OSError, SyntaxError, ValueError, struct.error, ...
