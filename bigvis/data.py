@@ -13,6 +13,27 @@ with the same arguments, worker_count included (its layout differs with workers)
 Batches: {'image': float32 [B, H, W, 3],
           'labels': {field: int32 [B] ('class') | float32 [B, N] ('multi_hot')},
           'index': int64 [B]}   # global record number in `paths`, for checks and evals
+
+`make_mixture` mixes several sources (corpora, or one corpus with different
+labels or pp) with weights. `grain.MapDataset.mix` interleaves the sources'
+example streams by a fixed pattern (position k -> source, position in it), so
+the mixture keeps random access, and with it worker-count independence and
+exact resume, and every batch holds the sources in their weights' proportions
+(stratified, not sampled). Its batches add
+          'source': int32 [B]           # position of the example's source in `sources`
+          'label_mask': {field: bool [B]}
+'labels' holds the union of the sources' fields; a field that a source does not
+declare is filled with 0 (class) or zeros (multi_hot) and masked False, so
+losses multiply by the mask (and divide by its sum) to train each task on the
+examples that have it.
+
+`make_eval_dataset` reads one epoch in record order, with every process
+yielding the same number of full batches: the tail is padded, and
+          'mask': bool [B]               # False on padding (index -1, zero image/labels)
+          'id': str [B]                  # with_ids=True; '' on padding; host-only
+marks real examples, so sharded evals see fixed shapes and count each record
+once. Mixup and cutmix combine examples and so act on batches, after this
+pipeline (not here).
 """
 
 from __future__ import annotations
@@ -81,9 +102,11 @@ def _target(value, kind: str, num_classes: int, where: str, field: str) -> np.nd
 class _Example:
   """(stream position, (record number, raw bytes)) -> one preprocessed example."""
 
-  def __init__(self, pp: str, labels, seed: int, epoch_len: int, locator: _Locator):
+  def __init__(self, pp: str, labels, seed: int, epoch_len: int, locator: _Locator,
+               with_id: bool = False):
     self.pp_string, self.pp = pp, preprocess.parse(pp)
     self.labels, self.seed, self.epoch_len, self.locator = labels, seed, epoch_len, locator
+    self.with_id = with_id
 
   def __call__(self, position: int, item: tuple[int, bytes]) -> dict:
     index, raw = item
@@ -103,7 +126,53 @@ class _Example:
         raise records.RecordError(f"{where} (id {record.id!r}): field 'labels.{field}': missing")
       targets[field] = _target(record.labels[field], kind, num_classes,
                                f"{where} (id {record.id!r})", field)
-    return {"image": image, "labels": targets, "index": np.int64(index)}
+    example = {"image": image, "labels": targets, "index": np.int64(index)}
+    if self.with_id:
+      example["id"] = np.str_(record.id)
+    return example
+
+
+def _check_labels(labels, where: str) -> None:
+  for field, spec in labels.items():
+    if (not isinstance(spec, tuple) or len(spec) != 2 or spec[0] not in LABEL_KINDS
+        or not isinstance(spec[1], int) or spec[1] < 1):
+      raise ValueError(f"{where}labels[{field!r}] = {spec!r}; want (kind, num_classes), kind in {LABEL_KINDS}")
+
+
+def _examples(paths, *, pp: str, labels, seed: int, shuffle: bool, num_epochs: int | None,
+              process_index: int, process_count: int, with_id: bool = False,
+              allow_empty: bool = False, where: str = "") -> grain.MapDataset:
+  """This process's records -> (shuffle, repeat) -> preprocessed examples, unbatched."""
+  if not paths:
+    raise ValueError(f"{where}no shard paths given")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  _check_labels(labels, where)
+  source = grain.sources.ArrayRecordDataSource(list(paths))
+  num_records = len(source)
+  # Keep the global record number; indices past the first epoch arrive unwrapped.
+  ds = grain.MapDataset.source(source).map_with_index(lambda i, raw: (i % num_records, raw))
+  ds = ds[process_index::process_count]
+  epoch_len = len(ds)
+  if epoch_len == 0 and not allow_empty:
+    raise ValueError(f"{where}process {process_index} of {process_count} has no records")
+  if shuffle:
+    ds = ds.shuffle(seed=seed)  # repeat() reseeds it each epoch
+  if num_epochs != 1:  # repeat(1) is a no-op, and would reject an empty slice
+    ds = ds.repeat(num_epochs)
+  return ds.map_with_index(_Example(pp, dict(labels), seed, max(epoch_len, 1), _Locator(paths),
+                                    with_id))
+
+
+def _batches(ds: grain.MapDataset, *, batch_size: int, drop_remainder: bool, read_threads: int,
+             worker_count: int) -> grain.IterDataset:
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                               prefetch_buffer_size=read_threads))
+  if worker_count > 0:
+    _ensure_absl_flags_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return it_ds
 
 
 def make_dataset(paths: list[str], *, pp: str, labels: dict[str, tuple[str, int]], batch_size: int,
@@ -122,31 +191,123 @@ def make_dataset(paths: list[str], *, pp: str, labels: dict[str, tuple[str, int]
     worker_count: worker processes (0: decode in this process's threads).
     read_threads: threads per process computing batches ahead (each holds one batch).
   """
-  if not paths:
-    raise ValueError("make_dataset: no shard paths given")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  for field, spec in labels.items():
-    if (not isinstance(spec, tuple) or len(spec) != 2 or spec[0] not in LABEL_KINDS
-        or not isinstance(spec[1], int) or spec[1] < 1):
-      raise ValueError(f"labels[{field!r}] = {spec!r}; want (kind, num_classes), kind in {LABEL_KINDS}")
+  ds = _examples(paths, pp=pp, labels=labels, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                 process_index=process_index, process_count=process_count,
+                 where="make_dataset: ")
+  return _batches(ds, batch_size=batch_size, drop_remainder=drop_remainder,
+                  read_threads=read_threads, worker_count=worker_count)
 
-  source = grain.sources.ArrayRecordDataSource(list(paths))
-  num_records = len(source)
-  # Keep the global record number; indices past the first epoch arrive unwrapped.
-  ds = grain.MapDataset.source(source).map_with_index(lambda i, raw: (i % num_records, raw))
-  ds = ds[process_index::process_count]
-  epoch_len = len(ds)
-  if epoch_len == 0:
-    raise ValueError(f"process {process_index} of {process_count} has no records")
-  if shuffle:
-    ds = ds.shuffle(seed=seed)  # repeat() reseeds it each epoch
-  ds = ds.repeat(num_epochs)
-  ds = ds.map_with_index(_Example(pp, dict(labels), seed, epoch_len, _Locator(paths)))
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                               prefetch_buffer_size=read_threads))
-  if worker_count > 0:
-    _ensure_absl_flags_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return it_ds
+
+_SOURCE_KEYS = frozenset({"paths", "weight", "pp", "labels"})
+
+
+class _Tagged:
+  """Adds 'source' and fills the mixture's label fields that this source lacks (masked)."""
+
+  def __init__(self, source: int, fields: dict[str, tuple[str, int]], own: set[str]):
+    self.source, self.fields, self.own = np.int32(source), fields, own
+
+  def __call__(self, example: dict) -> dict:
+    labels, mask = {}, {}
+    for field, (kind, n) in self.fields.items():
+      mask[field] = np.bool_(field in self.own)
+      if mask[field]:
+        labels[field] = example["labels"][field]
+      else:
+        labels[field] = np.int32(0) if kind == "class" else np.zeros(n, np.float32)
+    return {**example, "labels": labels, "label_mask": mask, "source": self.source}
+
+
+def make_mixture(sources: list[dict], *, batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, worker_count: int = 0,
+                 read_threads: int = 2) -> grain.IterDataset:
+  """Endless shuffled batches mixing `sources` in proportion to their weights.
+
+  Args:
+    sources: dicts with exactly the keys paths, weight (> 0), pp and labels (as in
+      `make_dataset`). Every pp must give images of one shape; a label field that
+      several sources declare must have the same spec in each.
+    seed: root of each source's shuffle and augmentation seeds (one per source position).
+    Other arguments: as in `make_dataset`.
+
+  Batches: see the module docstring ('source', 'label_mask').
+  """
+  if not sources:
+    raise ValueError("make_mixture: no sources given")
+  fields: dict[str, tuple[str, int]] = {}
+  for n, src in enumerate(sources):
+    where = f"make_mixture: sources[{n}]: "
+    if not isinstance(src, dict) or set(src) != _SOURCE_KEYS:
+      got = sorted(src) if isinstance(src, dict) else type(src).__name__
+      raise ValueError(f"{where}want keys {sorted(_SOURCE_KEYS)}, got {got}")
+    if not isinstance(src["weight"], (int, float)) or not src["weight"] > 0:
+      raise ValueError(f"{where}weight must be > 0, got {src['weight']!r}")
+    _check_labels(src["labels"], where)
+    for field, spec in src["labels"].items():
+      if fields.setdefault(field, spec) != spec:
+        raise ValueError(f"{where}labels[{field!r}] = {spec!r}, but an earlier source has {fields[field]!r}")
+  parts = []
+  for n, src in enumerate(sources):
+    # A seed per source position, so two sources over the same shards differ.
+    src_seed = int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
+    ds = _examples(src["paths"], pp=src["pp"], labels=src["labels"], seed=src_seed, shuffle=True,
+                   num_epochs=None, process_index=process_index, process_count=process_count,
+                   where=f"make_mixture: sources[{n}]: ")
+    parts.append(ds.map(_Tagged(n, fields, set(src["labels"]))))
+  # One example per source now, so differing pp output shapes fail here, not in batch().
+  shapes = [part[0]["image"].shape for part in parts]
+  if len(set(shapes)) > 1:
+    raise ValueError(f"make_mixture: sources' pp give different image shapes {shapes}")
+  # mix() walks a fixed interleaving, so position k always maps to the same example.
+  mixed = grain.MapDataset.mix(parts, [float(src["weight"]) for src in sources])
+  return _batches(mixed, batch_size=batch_size, drop_remainder=True, read_threads=read_threads,
+                  worker_count=worker_count)
+
+
+def _zeros_like(tree):
+  if isinstance(tree, dict):
+    return {k: _zeros_like(v) for k, v in tree.items()}
+  return np.zeros_like(tree)
+
+
+class _Pad:
+  def __init__(self, template: dict):
+    self.template = template
+
+  def __call__(self, _) -> dict:
+    return self.template
+
+
+def make_eval_dataset(paths: list[str], *, pp: str, labels: dict[str, tuple[str, int]],
+                      batch_size: int, process_index: int = 0, process_count: int = 1,
+                      with_ids: bool = False, worker_count: int = 0,
+                      read_threads: int = 2) -> grain.IterDataset:
+  """One epoch in record order, padded to full batches; see the module docstring.
+
+  Every process yields ceil(ceil(len / process_count) / batch_size) batches (a
+  process with fewer records pads more), so a sharded eval step never waits on a
+  process that ran out. Count, average and gather only where 'mask' is True.
+
+  Args:
+    with_ids: add the record ids as 'id', a numpy str array; pop it before
+      sending a batch to devices (strings cannot go there).
+    Other arguments: as in `make_dataset`.
+  """
+  ds = _examples(paths, pp=pp, labels=labels, seed=0, shuffle=False, num_epochs=1,
+                 process_index=process_index, process_count=process_count, with_id=with_ids,
+                 allow_empty=True, where="make_eval_dataset: ")
+  num_records = len(grain.sources.ArrayRecordDataSource(list(paths)))
+  per_process = -(-num_records // process_count)
+  total = -(-per_process // batch_size) * batch_size
+  ds = ds.map(lambda example: {**example, "mask": np.True_})
+  if total > len(ds):
+    # The padding looks like record 0 zeroed out, so batches keep one structure.
+    first = _examples(paths, pp=pp, labels=labels, seed=0, shuffle=False, num_epochs=1,
+                      process_index=0, process_count=1, with_id=with_ids)[0]
+    template = {**_zeros_like(first), "index": np.int64(-1), "mask": np.False_}
+    if with_ids:
+      template["id"] = np.str_("")
+    pads = grain.MapDataset.range(total - len(ds)).map(_Pad(template))
+    ds = grain.MapDataset.concatenate([ds, pads]) if len(ds) else pads
+  return _batches(ds, batch_size=batch_size, drop_remainder=True, read_threads=read_threads,
+                  worker_count=worker_count)

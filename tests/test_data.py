@@ -212,3 +212,185 @@ def test_corrupt_record_names_shard_and_position(paths, tmp_path):
   ds = _dataset([bad], shuffle=False, batch_size=2)
   with pytest.raises(records.RecordError, match=r"bad-00000-of-00001\.array_record record 1: not a msgpack"):
     next(iter(ds))
+
+
+# --- augmentations ----------------------------------------------------------------------------
+
+AUGMENT_OPS = [
+    ("color_jitter(0.4, 0.4, 0.4, 0.1)", (40, 50, 3)),
+    ("color_jitter(brightness=0.8, hue=0.5)", (40, 50, 3)),
+    ("grayscale(1.0)", (40, 50, 3)),
+    ("random_crop(32, padding=4)", (32, 32, 3)),
+    ("random_crop((20, 30))", (20, 30, 3)),
+    ("gaussian_blur(1.0)", (40, 50, 3)),
+    ("rand_augment", (40, 50, 3)),
+    ("rand_augment(num_ops=3, magnitude=10)", (40, 50, 3)),
+]
+
+
+@pytest.mark.parametrize("pp, shape", AUGMENT_OPS)
+def test_augment_shape_dtype_range_determinism(pp, shape):
+  image = np.random.default_rng(1).integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+  fn = preprocess.parse(pp)
+  run = lambda seed: fn({"image": image, "keep": 1}, np.random.default_rng(seed))  # noqa: E731
+  out = run(7)
+  assert out["keep"] == 1
+  assert out["image"].shape == shape and out["image"].dtype == np.uint8
+  np.testing.assert_array_equal(out["image"], run(7)["image"])
+  if not pp.startswith("grayscale(1.0)"):  # the only op here that ignores the rng
+    assert any(not np.array_equal(out["image"], run(s)["image"]) for s in range(8, 12))
+
+
+def test_rand_augment_every_op_keeps_shape():
+  image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+  assert len(preprocess._RAND_AUGMENT_OPS) == 13
+  for name, op in preprocess._RAND_AUGMENT_OPS.items():
+    for sign in (1, -1):
+      out = np.asarray(op(image, 0.9, sign))
+      assert out.shape == (20, 30, 3) and out.dtype == np.uint8, name
+
+
+def test_augment_exact_cases():
+  image = np.random.default_rng(3).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+  rng = np.random.default_rng(0)
+  gray = preprocess.parse("grayscale(1.0)")({"image": image}, rng)["image"]
+  assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+  for op in ("grayscale(0.0)", "gaussian_blur(0.0)", "color_jitter(p=0.0)",
+             "color_jitter(0, 0, 0, 0)", "rand_augment(num_ops=0)"):
+    np.testing.assert_array_equal(preprocess.parse(op)({"image": image}, rng)["image"], image)
+  padded = preprocess.parse("random_crop(8, padding=8, fill=7)")
+  crops = [padded({"image": image}, np.random.default_rng(s))["image"] for s in range(20)]
+  assert any((c == 7).all() for c in crops)  # a box entirely in the padding
+  with pytest.raises(ValueError, match="only 8x8"):
+    preprocess.parse("random_crop(9)")({"image": image}, rng)
+  with pytest.raises(ValueError, match="magnitude"):
+    preprocess.parse("rand_augment(magnitude=11)")
+
+
+def test_augment_pp_in_pipeline(paths):
+  pp = ("decode|random_crop(20, padding=2)|color_jitter|grayscale(0.2)|gaussian_blur(0.5)"
+        "|rand_augment|value_range(-1, 1)")
+  batch = next(iter(_dataset(paths, pp=pp)))
+  assert batch["image"].shape == (8, 20, 20, 3) and batch["image"].dtype == np.float32
+
+
+# --- mixture ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def other_paths(tmp_path_factory):
+  out = tmp_path_factory.mktemp("shapes_b")
+  return synthetic.make_shapes_corpus(str(out), num_records=24, image_size=20, num_shards=2,
+                                      seed=1, name="other")
+
+
+def _sources(paths, other_paths, weights=(0.75, 0.25)):
+  return [dict(paths=paths, weight=weights[0], pp=PP, labels=LABELS),
+          dict(paths=other_paths, weight=weights[1], pp="decode|resize(16)|value_range(-1, 1)",
+               labels={"shape": LABELS["shape"]})]
+
+
+def _mixture(paths, other_paths, **kwargs):
+  return data.make_mixture(_sources(paths, other_paths), **{"batch_size": 8, "seed": 0, **kwargs})
+
+
+def _assert_mixture_batches_equal(a, b):
+  _assert_batches_equal(a, b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["source"], y["source"])
+
+
+@pytest.mark.parametrize("weights", [(0.75, 0.25), (0.3, 0.7)])
+def test_mixture_weights(paths, other_paths, weights):
+  ds = data.make_mixture(_sources(paths, other_paths, weights), batch_size=50, seed=0)
+  sources = np.concatenate([b["source"] for b in _take(iter(ds), 40)])  # 2,000 examples
+  assert abs((sources == 0).mean() - weights[0]) < 0.02
+  # The interleaving is stratified: each batch holds (almost) the same proportions.
+
+
+def test_mixture_batches_labels_and_masks(paths, other_paths):
+  for batch in _take(iter(_mixture(paths, other_paths)), 10):  # > 1 epoch of the small source
+    src = batch["source"]
+    assert src.dtype == np.int32 and set(src) <= {0, 1}
+    assert batch["image"].shape == (8, 16, 16, 3)
+    assert set(batch["labels"]) == set(batch["label_mask"]) == set(LABELS)
+    assert batch["label_mask"]["shape"].all()  # both sources have it
+    mask = batch["label_mask"]["tags"]
+    assert mask.dtype == np.bool_
+    np.testing.assert_array_equal(mask, src == 0)
+    tags = batch["labels"]["tags"]
+    assert tags.shape == (8, synthetic.NUM_TAGS)
+    assert (tags[~mask] == 0).all() and (tags[mask].sum(1) == 4).all()
+    assert (batch["index"][src == 1] < 24).all()
+
+
+def test_mixture_determinism_and_resume(paths, other_paths):
+  expected = _take(iter(_mixture(paths, other_paths)), 8)
+  _assert_mixture_batches_equal(expected, _take(iter(_mixture(paths, other_paths)), 8))
+  assert not np.array_equal(
+      expected[0]["index"], next(iter(_mixture(paths, other_paths, seed=1)))["index"])
+  for workers in (0, 2):
+    it = iter(_mixture(paths, other_paths, worker_count=workers))
+    try:
+      _assert_mixture_batches_equal(_take(it, 3), expected[:3])  # workers change nothing
+      state = it.get_state()
+      _take(it, 2)
+    finally:
+      if workers:
+        it.close()
+    fresh = iter(_mixture(paths, other_paths, worker_count=workers))
+    try:
+      fresh.set_state(state)
+      _assert_mixture_batches_equal(_take(fresh, 5), expected[3:])
+    finally:
+      if workers:
+        fresh.close()
+
+
+def test_mixture_bad_sources(paths, other_paths):
+  good = _sources(paths, other_paths)
+  with pytest.raises(ValueError, match=r"sources\[1\]: want keys"):
+    data.make_mixture([good[0], {**good[1], "wieght": 1.0}], batch_size=4, seed=0)
+  with pytest.raises(ValueError, match="weight must be > 0"):
+    data.make_mixture([good[0], {**good[1], "weight": 0}], batch_size=4, seed=0)
+  with pytest.raises(ValueError, match=r"different image shapes \[\(16, 16, 3\), \(8, 8, 3\)\]"):
+    data.make_mixture([good[0], {**good[1], "pp": "decode|resize(8)|value_range"}],
+                      batch_size=4, seed=0)
+  with pytest.raises(ValueError, match=r"labels\['shape'\].*earlier source"):
+    data.make_mixture([good[0], {**good[1], "labels": {"shape": ("class", 3)}}],
+                      batch_size=4, seed=0)
+
+
+# --- eval -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("process_count, batch_size", [(1, 16), (2, 8), (3, 16), (2, 64)])
+def test_eval_covers_every_record_once_with_padding(paths, process_count, batch_size):
+  seen, num_batches = [], set()
+  for process_index in range(process_count):
+    batches = list(data.make_eval_dataset(
+        paths, pp="decode|value_range(0, 1)", labels=LABELS, batch_size=batch_size,
+        process_index=process_index, process_count=process_count, with_ids=True))
+    num_batches.add(len(batches))
+    for b in batches:
+      assert b["image"].shape == (batch_size, 24, 24, 3) and b["mask"].dtype == np.bool_
+      real = b["mask"]
+      assert (b["index"][~real] == -1).all() and (b["image"][~real] == 0).all()
+      assert (b["labels"]["tags"][~real] == 0).all() and (b["id"][~real] == "").all()
+      assert all(i.startswith("shapes-train-") for i in b["id"][real])
+      seen.extend(b["index"][real].tolist())
+  assert len(num_batches) == 1  # every process runs the same number of eval steps
+  assert sorted(seen) == list(range(NUM_RECORDS))
+
+
+def test_eval_with_workers_and_more_processes_than_records(paths):
+  ds = data.make_eval_dataset(paths[:1], pp="decode|value_range(0, 1)", labels={},
+                              batch_size=8, worker_count=2)
+  batches = list(ds)
+  single = data.make_eval_dataset(paths[:1], pp="decode|value_range(0, 1)", labels={},
+                                  batch_size=8)
+  for a, b in zip(batches, single, strict=True):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["mask"], b["mask"])
+  n = len(records.read_shard(paths[0]))
+  empty = list(data.make_eval_dataset(paths[:1], pp="decode|value_range(0, 1)", labels={},
+                                      batch_size=4, process_index=n, process_count=n + 1))
+  assert len(empty) == 1 and not empty[0]["mask"].any()
