@@ -182,29 +182,32 @@ def write_markdown(path, res):
       f'torch {v["torch"]}. {c["steps"]} timed steps x {c["repeats"]} repeats per row (after '
       f'{c["warmup"]} warm-up steps), rows alternated. Command: `{res["command"]}`',
       '',
-      '| row | images/s median | min | max | GFLOP/s | MFU | step s | start s | other cores (max) |',
-      '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+      '| row | images/s median | min | max | clean median (n) | best step | GFLOP/s | MFU '
+      '| step s | start s | other cores (max) |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ]
   for name, r in res['rows'].items():
     if 'error' in r:
-      lines.append(f'| {name} | failed: {r["error"].splitlines()[0][:80]} | | | | | | | |')
+      lines.append(f'| {name} | failed: {r["error"].splitlines()[0][:80]} | | | | | | | | | |')
       continue
     ips, gf = r['images_per_sec'], r.get('gflops_per_sec')
-    mfu = r.get('mfu')
+    mfu, clean = r.get('mfu'), r['clean_images_per_sec']
+    clean = f'{clean["median"]:.2f} ({len(clean["values"])})' if clean else '— (0)'
     lines.append(
         f'| {name} | {fmt(ips["median"])} | {fmt(ips["min"])} | {fmt(ips["max"])} | '
+        f'{clean} | {fmt(r["best_step_images_per_sec"])} | '
         f'{fmt(gf and gf["median"], 1)} | {fmt(mfu and 100 * mfu, 0)}% | '
         f'{fmt(r["step_seconds"]["median"])} | {fmt(r["start_seconds"], 1)} | '
         f'{fmt(r["other_cores"]["max"])} |')
-  lines += ['', '| ratio bigvis / torch | of medians | paired per repeat: median | min | max |',
-            '|---|---:|---:|---:|---:|']
+  lines += ['', '| ratio bigvis / torch | of medians | paired per repeat: median | min | max '
+            '| of clean medians | of best steps |', '|---|---:|---:|---:|---:|---:|---:|']
   for key, r in res['ratios'].items():
     if r is None:
-      lines.append(f'| {key} | — | — | — | — |')
+      lines.append(f'| {key} | — | — | — | — | — | — |')
     else:
       p = r['paired']
       lines.append(f'| {key} | {fmt(r["of_medians"])} | {fmt(p["median"])} | {fmt(p["min"])} | '
-                   f'{fmt(p["max"])} |')
+                   f'{fmt(p["max"])} | {fmt(r["of_clean_medians"])} | {fmt(r["of_best_steps"])} |')
   if res['notes']:
     lines += [''] + [f'- {n}' for n in res['notes']]
   with open(path, 'w') as f:
@@ -225,12 +228,22 @@ def main():
                   help='before each segment, wait up to this many seconds for other processes '
                        'to use under --idle-threshold cores (a shared machine); 0 = no wait')
   ap.add_argument('--idle-threshold', type=float, default=0.25)
+  ap.add_argument('--idle-wait-total', type=float, default=120,
+                  help='cap on all those waits together, so a busy machine still finishes')
   ap.add_argument('--peak-flops', type=float, default=None,
                   help='for MFU; default bigvis config.peak_flops_per_device (140e9)')
   ap.add_argument('--out', default=None, help='output prefix (default bench/results/train_step)')
   ap.add_argument('--quick', action='store_true',
                   help='smoke run: batch 8, 2 steps, 1 repeat, 1 warm-up; writes *_quick.*')
+  ap.add_argument('--render', metavar='JSON',
+                  help='only re-derive the figures of a results JSON and rewrite it and its .md')
   args = ap.parse_args()
+  if args.render:
+    with open(args.render) as f:
+      res = json.load(f)
+    write_results(args.render[:-len('.json')] if args.render.endswith('.json') else args.render,
+                  derive(res))
+    return 0
   if args.quick:
     args.batch, args.steps, args.repeats, args.warmup = 8, 2, 1, 1
   out = args.out or os.path.join(BENCH, 'results', 'train_step' + ('_quick' if args.quick else ''))
@@ -263,10 +276,13 @@ def main():
         print(f'  FAILED: {e}', flush=True)
     segments = {name: [] for name in workers}
     order = list(workers)
+    total_waited = 0.0
     for rep in range(args.repeats):
       for name in (order if rep % 2 == 0 else order[::-1]):
         time.sleep(args.pause)  # Let the previous worker's spinning threads go idle.
-        waited, load = wait_for_quiet(args.idle_wait, args.idle_threshold)
+        budget = max(0.0, min(args.idle_wait, args.idle_wait_total - total_waited))
+        waited, load = wait_for_quiet(budget, args.idle_threshold)
+        total_waited += waited
         seg = workers[name].run(args.steps)
         seg.update(repeat=rep, waited_seconds=waited, load_before=load)
         segments[name].append(seg)
@@ -278,54 +294,19 @@ def main():
 
   train_flops = next((w.setup['train_flops'] for w in workers.values() if w.side == 'bigvis'),
                      None)
-  params = {w.side: w.setup['params'] for w in workers.values()}
   rows = {}
   for name in names:
     if name in errors:
       rows[name] = dict(side=ROWS[name][0], dtype=ROWS[name][1], error=errors[name])
       continue
     w, segs = workers[name], segments[name]
-    ips = [args.steps * args.batch / sum(s['step_seconds']) for s in segs]
-    row = dict(side=w.side, dtype=w.dtype, images_per_sec=summary(ips),
-               step_seconds=summary([sum(s['step_seconds']) / len(s['step_seconds'])
-                                     for s in segs]),
-               all_step_seconds=[s['step_seconds'] for s in segs],
-               start_seconds=w.setup['start_seconds'], setup=w.setup,
-               final_loss=segs[-1]['loss'] if segs else None,
-               other_cores=summary([s['other_cores'] for s in segs]),
-               own_cores=summary([s['own_cores'] for s in segs]),
-               waited_seconds=sum(s['waited_seconds'] for s in segs))
-    if train_flops:
-      row['gflops_per_sec'] = summary([x * train_flops / args.batch / 1e9 for x in ips])
-      row['mfu'] = row['gflops_per_sec']['median'] * 1e9 / args.peak_flops
-    rows[name] = row
-
-  ratios = {}
-  for key, (a, b) in RATIOS.items():
-    if a in rows and b in rows and 'error' not in rows[a] and 'error' not in rows[b]:
-      ra, rb = rows[a]['images_per_sec'], rows[b]['images_per_sec']
-      ratios[f'{key}: {a} / {b}'] = dict(
-          of_medians=ra['median'] / rb['median'],
-          paired=summary([x / y for x, y in zip(ra['values'], rb['values'])]))
-    else:
-      ratios[f'{key}: {a} / {b}'] = None
-
-  notes = []
-  if 'bigvis' in params and 'torch' in params and params['bigvis'] != params['torch']:
-    notes.append(f'param counts differ: bigvis {params["bigvis"]}, torch {params["torch"]}')
-  busiest = max((s['other_cores'] for segs in segments.values() for s in segs), default=0)
-  if busiest > 0.2:
-    notes.append(f'other processes used up to {busiest:.2f} of {os.cpu_count()} cores during a '
-                 'timed segment: figures are lower and noisier than on an idle machine.')
-  for name, r in rows.items():
-    if 'images_per_sec' in r and r['images_per_sec']['min'] < 0.8 * r['images_per_sec']['max']:
-      notes.append(f'{name}: repeats vary by more than 20% (min {r["images_per_sec"]["min"]:.2f}, '
-                   f'max {r["images_per_sec"]["max"]:.2f} images/s).')
-  waited = sum(r.get('waited_seconds', 0) for r in rows.values())
-  if waited > 1:
-    notes.append(f'waited {waited:.0f} s in all for other processes to quiet down before segments.')
-  for name, e in errors.items():
-    notes.append(f'{name} failed to start: {e.splitlines()[0] if e else e}')
+    rows[name] = dict(
+        side=w.side, dtype=w.dtype, start_seconds=w.setup['start_seconds'], setup=w.setup,
+        final_loss=segs[-1]['loss'] if segs else None,
+        all_step_seconds=[s['step_seconds'] for s in segs],  # [repeat][step]
+        other_cores=summary([s['other_cores'] for s in segs]),
+        own_cores=summary([s['own_cores'] for s in segs]),
+        waited_seconds=sum(s['waited_seconds'] for s in segs))
 
   res = dict(
       date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
@@ -337,18 +318,78 @@ def main():
                   optimizer='AdamW lr 1e-3 b=(0.9,0.999) wd 1e-4 on kernels, clip global norm 1',
                   batch=args.batch, steps=args.steps, repeats=args.repeats, warmup=args.warmup,
                   rows=names, pause_seconds=args.pause, idle_wait=args.idle_wait,
+                  idle_wait_total=args.idle_wait_total,
                   idle_threshold=args.idle_threshold, peak_flops=args.peak_flops,
-                  train_flops_per_image=train_flops and train_flops / args.batch, params=params),
-      rows=rows, ratios=ratios, notes=notes,
-      wall_seconds=time.perf_counter() - t_start)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
+                  train_flops_per_image=train_flops and train_flops / args.batch,
+                  params={w.side: w.setup['params'] for w in workers.values()}),
+      rows=rows, errors=errors, wall_seconds=time.perf_counter() - t_start)
+  write_results(out, derive(res))
+  print(f'wrote {out}.json and {out}.md ({res["wall_seconds"]:.0f} s)')
+  return 1 if errors else 0
+
+
+def write_results(out, res):
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out + '.json', 'w') as f:
     json.dump(res, f, indent=2)
   write_markdown(out + '.md', res)
   with open(out + '.md') as f:
     print(f.read())
-  print(f'wrote {out}.json and {out}.md ({res["wall_seconds"]:.0f} s)')
-  return 1 if errors else 0
+
+
+def derive(res):
+  """Adds the summaries, ratios and notes to `res`, from each row's raw step times."""
+  c, rows = res['config'], res['rows']
+  batch, threshold = c['batch'], c['idle_threshold']
+  for r in rows.values():
+    if 'error' in r:
+      continue
+    segs = r['all_step_seconds']
+    ips = [len(s) * batch / sum(s) for s in segs]
+    r['images_per_sec'] = summary(ips)
+    r['step_seconds'] = summary([sum(s) / len(s) for s in segs])
+    r['best_step_images_per_sec'] = batch / min(t for s in segs for t in s)
+    clean = [x for x, o in zip(ips, r['other_cores']['values']) if o <= threshold]
+    r['clean_images_per_sec'] = summary(clean) if clean else None
+    if c.get('train_flops_per_image'):
+      r['gflops_per_sec'] = summary([x * c['train_flops_per_image'] / 1e9 for x in ips])
+      r['mfu'] = r['gflops_per_sec']['median'] * 1e9 / c['peak_flops']
+
+  ratios = {}
+  for key, (a, b) in RATIOS.items():
+    ra, rb = rows.get(a, {}), rows.get(b, {})
+    if 'images_per_sec' not in ra or 'images_per_sec' not in rb:
+      ratios[f'{key}: {a} / {b}'] = None
+      continue
+    ca, cb = ra['clean_images_per_sec'], rb['clean_images_per_sec']
+    ratios[f'{key}: {a} / {b}'] = dict(
+        of_medians=ra['images_per_sec']['median'] / rb['images_per_sec']['median'],
+        paired=summary([x / y for x, y in zip(ra['images_per_sec']['values'],
+                                              rb['images_per_sec']['values'])]),
+        of_clean_medians=ca['median'] / cb['median'] if ca and cb else None,
+        of_best_steps=ra['best_step_images_per_sec'] / rb['best_step_images_per_sec'])
+  res['ratios'] = ratios
+
+  notes = []
+  params = c.get('params', {})
+  if 'bigvis' in params and 'torch' in params and params['bigvis'] != params['torch']:
+    notes.append(f'param counts differ: bigvis {params["bigvis"]}, torch {params["torch"]}')
+  busiest = max((r['other_cores']['max'] for r in rows.values() if 'other_cores' in r), default=0)
+  if busiest > threshold:
+    notes.append(f'other processes used up to {busiest:.2f} of {res["machine"]["cores"]} cores '
+                 'during a timed segment: those repeats are slower and noisier than on an idle '
+                 f'machine. "clean" counts only repeats where they used at most {threshold} cores.')
+  for name, r in rows.items():
+    if 'images_per_sec' in r and r['images_per_sec']['min'] < 0.8 * r['images_per_sec']['max']:
+      notes.append(f'{name}: repeats vary by more than 20% (min {r["images_per_sec"]["min"]:.2f}, '
+                   f'max {r["images_per_sec"]["max"]:.2f} images/s).')
+  waited = sum(r.get('waited_seconds', 0) for r in rows.values())
+  if waited > 1:
+    notes.append(f'waited {waited:.0f} s in all for other processes to quiet down before segments.')
+  for name, e in res.get('errors', {}).items():
+    notes.append(f'{name} failed to start: {e.splitlines()[0] if e else e}')
+  res['notes'] = notes
+  return res
 
 
 if __name__ == '__main__':
