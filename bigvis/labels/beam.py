@@ -1,0 +1,153 @@
+"""Label mining as an Apache Beam pipeline over the same `steps` as the local runner.
+
+    from bigvis.labels import MinerConfig, beam
+    stats = beam.run("runs/data/emoji", "runs/data/emoji_mined", MinerConfig(),
+                     pipeline_args=["--runner=DirectRunner"])
+    python tools/mine_labels.py --corpus ... --out ... --runner beam -- <Beam flags>
+
+The graph: fit-split chunks -> Reshuffle -> read + candidates -> CombinePerKey
+(label df and confidence sums, text-issue counts) -> Top (ranked vocabulary,
+distributed) -> singleton Vocab; candidates -> vocabulary ids -> CombineGlobally
+(co-occurrence pair counts) -> singleton Clusters; all shards -> label_shard
+(vocab, clusters as side inputs) -> CombineGlobally(stats) -> artifact JSON.
+The staging folder is renamed into place by the launching process after the
+pipeline finishes, so the input and output paths must be visible to the
+launcher and to every worker (a shared or FUSE-mounted filesystem, e.g.
+gcsfuse, since ArrayRecord reads POSIX paths).
+
+Runner flags (everything after `--` on the tool's command line):
+  DirectRunner (default; tests):   --runner=DirectRunner
+      all local cores:             --direct_running_mode=multi_processing --direct_num_workers=0
+  Dataflow:  --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
+             --requirements_file=requirements.txt (or --setup_file=./setup.py)
+             --num_workers=N --max_num_workers=M --machine_type=n2-standard-8
+  Flink:     --runner=FlinkRunner --flink_master=HOST:8081 --parallelism=N
+             --environment_type=LOOPBACK (local) | DOCKER | PROCESS --environment_config=...
+  Spark:     --runner=SparkRunner --spark_master_url=spark://HOST:7077
+             --environment_type=LOOPBACK | DOCKER
+Portable runners (Flink, Spark) start a Java job server, so they need Java on the launcher.
+The vocabulary, co-occurrence and clustering steps each run on one worker:
+size that worker for cluster_max_size labels (20k labels x 64 dims is small).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import AsSingleton
+
+from bigvis.labels import artifacts, cluster, steps
+from bigvis.labels import vocab as vocab_lib
+from bigvis.labels.config import MinerConfig
+
+_FOLD_EVERY = 5000  # id lists buffered per accumulator before folding into pair counts
+
+
+class _SumPairs(beam.CombineFn):
+  """Sums (count, confidence) pairs."""
+
+  def create_accumulator(self):
+    return (0, 0)
+
+  def add_input(self, acc, x):
+    return (acc[0] + x[0], acc[1] + x[1])
+
+  def merge_accumulators(self, accs):
+    accs = list(accs)
+    return (sum(a for a, _ in accs), sum(b for _, b in accs))
+
+  def extract_output(self, acc):
+    return acc
+
+
+class _Cooccurrence(beam.CombineFn):
+  """Pair counts of vocabulary ids per record (cluster.pair_counts), merged exactly."""
+
+  def create_accumulator(self):
+    return (cluster.merge_pairs([]), [])
+
+  def _fold(self, acc):
+    pairs, pending = acc
+    return (cluster.merge_pairs([pairs, cluster.pair_counts(pending)]), [])
+
+  def add_input(self, acc, ids):
+    acc[1].append(ids)
+    return self._fold(acc) if len(acc[1]) >= _FOLD_EVERY else acc
+
+  def merge_accumulators(self, accs):
+    folded = [self._fold(a)[0] for a in accs]
+    return (cluster.merge_pairs(folded), [])
+
+  def extract_output(self, acc):
+    return self._fold(acc)[0]
+
+
+class _MergeStats(beam.CombineFn):
+  def create_accumulator(self):
+    return {}
+
+  def add_input(self, acc, stats):
+    return steps.merge_stats([acc, stats])
+
+  def merge_accumulators(self, accs):
+    return steps.merge_stats(accs)
+
+  def extract_output(self, acc):
+    return acc
+
+
+def _write(pass3, staging, corpus, cfg, vocab, clusters, hist, issues):
+  artifacts.write(staging, corpus, cfg, vocab, clusters, {"issues": issues, "df_hist": hist}, pass3)
+
+
+def build(p: beam.Pipeline, corpus: str, staging: str, cfg: MinerConfig, chunk_size: int) -> None:
+  """Adds the mining graph (see the module docstring) to pipeline `p`."""
+  mined = (p | "FitChunks" >> beam.Create(steps.fit_chunks(corpus, cfg, chunk_size))
+           | "Spread" >> beam.Reshuffle()
+           | "Read" >> beam.FlatMap(steps.read_chunk)
+           | "Candidates" >> beam.Map(lambda ri: steps.mine(ri[0], ri[1], cfg)))
+  counts = (mined | "CountItems" >> beam.FlatMapTuple(steps.count_items)
+            | "SumCounts" >> beam.CombinePerKey(_SumPairs()))
+  labels = (counts | "Labels" >> beam.Filter(lambda kv: kv[0][0] == "label")
+            | "AsItems" >> beam.Map(lambda kv: (kv[0][1], kv[1][0], kv[1][1])))
+  kept = labels | "MinCount" >> beam.Filter(vocab_lib.keep, cfg)
+  top = (beam.combiners.Top.Of(vocab_lib.limit(cfg), key=vocab_lib.rank_key, reverse=True)
+         if vocab_lib.limit(cfg) else beam.combiners.ToList())
+  vocab = AsSingleton(kept | "Rank" >> top | "Vocab" >> beam.Map(vocab_lib.select, cfg))
+  hist = AsSingleton(labels | "DfBin" >> beam.Map(lambda it: (vocab_lib.df_bin(it[1]), 1))
+                     | "BinCounts" >> beam.CombinePerKey(sum)
+                     | "HistDict" >> beam.combiners.ToDict())
+  issues = AsSingleton(counts | "Issues" >> beam.Filter(lambda kv: kv[0][0] == "issue")
+                       | "IssueItems" >> beam.Map(lambda kv: (kv[0][1], kv[1][0]))
+                       | "IssueDict" >> beam.combiners.ToDict())
+  pairs = (mined | "VocabIds" >> beam.Map(lambda m, v: steps.fit_ids(m[0], v), vocab)
+           | "Cooccurrence" >> beam.CombineGlobally(_Cooccurrence()))
+  clusters = AsSingleton(pairs | "Cluster" >> beam.Map(
+      lambda pc, v: cluster.fit(pc, v, cfg), vocab))
+  pass3 = (p | "Shards" >> beam.Create(steps.all_shards(corpus))
+           | "SpreadShards" >> beam.Reshuffle()
+           | "LabelShard" >> beam.Map(
+               lambda path, v, c: steps.label_shard(path, staging, cfg, v, c), vocab, clusters)
+           | "Stats" >> beam.CombineGlobally(_MergeStats()))
+  _ = pass3 | "Artifacts" >> beam.Map(_write, staging, corpus, cfg, vocab, clusters, hist, issues)
+
+
+def run(corpus: str, out: str, cfg: MinerConfig, *, pipeline_args: list[str] | None = None,
+        chunk_size: int = 5000) -> dict:
+  """Mines labels of `corpus` into the labelled copy `out`; returns stats.json's content."""
+  staging = artifacts.staging_dir(out, corpus)
+  try:
+    options = PipelineOptions(pipeline_args or ["--runner=DirectRunner"])
+    with beam.Pipeline(options=options) as p:
+      build(p, corpus, staging, cfg, chunk_size)
+    with open(os.path.join(staging, "stats.json"), encoding="utf-8") as f:
+      stats = json.load(f)
+    artifacts.commit(staging, out)
+    return stats
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
