@@ -16,8 +16,9 @@ $(VENV)/.installed: requirements.txt
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
 	$(PY) tools/prepare.py emoji --out $(DEMO_DIR)/data/emoji
+	$(PY) tools/mine_labels.py --corpus $(DEMO_DIR)/data/emoji --out $(DEMO_DIR)/data/emoji_mined
 	$(PY) -m bigvis.train --config configs/pretrain.py:runlocal \
-	  --config.input.data_dir=$(DEMO_DIR)/data/emoji --workdir $(DEMO_DIR)/pretrain
+	  --config.input.data_dir=$(DEMO_DIR)/data/emoji_mined --workdir $(DEMO_DIR)/pretrain
 	@echo "Metrics: $(DEMO_DIR)/pretrain/metrics.jsonl; checkpoints: $(DEMO_DIR)/pretrain/checkpoints"
 
 test: $(VENV)/.installed

@@ -1,24 +1,27 @@
-"""Pretraining: a ViT (or the ResNet baseline) on the corpus's labels, multi-task.
+"""Pretraining on weak labels mined from text: a ViT (or the ResNet baseline) with a multi-label
+head, softmax over multi-hot targets normalized to sum 1 (Mahajan et al. 2018).
 
-Until mined weak labels land, the emoji corpus trains a subcategory classifier plus an identity
-embedding (normalized softmax); the synthetic shapes corpus trains multi-label `tags` (softmax
-over multi-hot targets normalized to sum 1). Class counts come from the corpus's dataset card.
+Targets are the mined label clusters by default (`labels=clusters`), the raw mined vocabulary with
+`labels=vocab`. Class counts come from the corpus's dataset card. data=shapes trains on the
+synthetic corpus's `tags` instead (no mining needed).
 
 Prepare the data first:
   python tools/prepare.py emoji --out runs/data/emoji
+  python tools/mine_labels.py --corpus runs/data/emoji --out runs/data/emoji_mined
   python tools/make_synthetic.py --out runs/data/shapes          # for data=shapes
 Run (under a minute on a 2-core CPU):
   python -m bigvis.train --config configs/pretrain.py:runlocal --workdir runs/pretrain
 Full size:
   python -m bigvis.train --config configs/pretrain.py:variant=B/16 --workdir gs://.../pretrain
 Args: variant (ViT Ti/16 .. g/14 at any patch, or resnet50, resnext50_32x4d), data (emoji |
-shapes), runlocal.
+openclipart | shapes), labels (clusters | vocab), runlocal.
 """
 from bigvis import config as config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant='B/16', data='emoji', runlocal=False)
+  arg = config_lib.parse_arg(arg, variant='B/16', data='emoji', labels='clusters',
+                             runlocal=False)
   c = config_lib.defaults()
   c.seed = 0
   c.total_steps = 20_000
@@ -26,7 +29,7 @@ def get_config(arg=None):
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
 
-  c.input.data_dir = f'runs/data/{arg.data}'
+  c.input.data_dir = f'runs/data/{arg.data}' if arg.data == 'shapes' else f'runs/data/{arg.data}_mined'
   c.input.split = 'train'
   c.input.pp = 'decode|random_resized_crop(224, scale=(0.5, 1.0))|flip_lr|value_range(-1,1)'
   c.input.worker_count = 8
@@ -39,14 +42,13 @@ def get_config(arg=None):
     c.model.name, c.model.variant = 'vit', arg.variant
     c.model.pool_type = 'map'
 
-  if arg.data == 'emoji':
-    c.tasks.subcategory = config_lib.task('classifier', 'subcategory')
-    c.tasks.identity = config_lib.task('embedding', 'identity', weight=0.5, embed_dim=256)
-  elif arg.data == 'shapes':
+  if arg.data == 'shapes':
     c.tasks.labels = config_lib.task('multilabel', 'tags', loss='softmax_xent')
-    c.tasks.identity = config_lib.task('embedding', 'identity', weight=0.5, embed_dim=64)
+  elif arg.data in ('emoji', 'openclipart'):
+    field = {'clusters': 'mined_clusters', 'vocab': 'mined_labels'}[arg.labels]
+    c.tasks.labels = config_lib.task('multilabel', field, loss='softmax_xent')
   else:
-    raise ValueError(f'data={arg.data!r}: choose emoji or shapes')
+    raise ValueError(f'data={arg.data!r}: choose emoji, openclipart or shapes')
 
   c.optimizer.name = 'adamw'
   c.optimizer.lr = 1e-3

@@ -50,6 +50,7 @@ def test_pretrain_config_variants_validate():
   import importlib
   pretrain = importlib.import_module('configs.pretrain')
   for arg in ('', 'runlocal', 'variant=S/16,data=shapes', 'variant=resnet50,runlocal',
+              'data=openclipart,labels=vocab',
               'variant=resnext50_32x4d'):
     config_lib.validate(pretrain.get_config(arg))
 
