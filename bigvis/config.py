@@ -94,9 +94,14 @@ def parse_arg(arg, **spec):
         raise ValueError(f'Config arg {key!r} needs a value ({key}=...)')
       out[key] = True
     elif isinstance(default, bool):
+      if value.lower() not in ('1', 'true', 'yes', '0', 'false', 'no'):
+        raise ValueError(f'Config arg {key}={value!r} is not a boolean (true/false)')
       out[key] = value.lower() in ('1', 'true', 'yes')
     elif isinstance(default, (int, float)):
-      out[key] = type(default)(ast.literal_eval(value))
+      parsed = ast.literal_eval(value)
+      if not isinstance(parsed, (int, float)) or isinstance(default, int) and parsed != int(parsed):
+        raise ValueError(f'Config arg {key}={value!r} is not a {type(default).__name__}')
+      out[key] = type(default)(parsed)
     else:
       out[key] = value
   return out
@@ -138,12 +143,13 @@ def validate(config):
     if t.loss not in TASK_HEADS[t.head]:
       raise ConfigError(f'tasks.{name}.loss={t.loss!r} does not fit head {t.head!r}; '
                         f'choose from {TASK_HEADS[t.head]}')
+  for key in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'batch_size',
+              'grad_accum_steps', 'keep_checkpoints'):
+    if config[key] <= 0:
+      raise ConfigError(f'{key} must be positive, got {config[key]}')
   if config.batch_size % config.grad_accum_steps:
     raise ConfigError(f'batch_size={config.batch_size} is not divisible by '
                       f'grad_accum_steps={config.grad_accum_steps}')
-  for key in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'batch_size'):
-    if config[key] <= 0:
-      raise ConfigError(f'{key} must be positive, got {config[key]}')
   choices = dict(name=('adamw', 'lamb', 'sgd'), schedule=('cosine', 'linear', 'constant'),
                  decay_mask=('kernels', 'all', 'none'))
   for key, allowed in choices.items():

@@ -116,7 +116,11 @@ class _Example:
     # not change with worker count, batch size or where a resumed run restarted.
     epoch = position // self.epoch_len
     rng = np.random.default_rng([self.seed, index, epoch])
-    image = self.pp({"image": record.image}, rng)["image"]
+    try:
+      image = self.pp({"image": record.image}, rng)["image"]
+    except (OSError, ValueError) as e:  # e.g. a truncated PNG: name the record, not just PIL's words
+      raise records.RecordError(
+          f"{where} (id {record.id!r}): field 'image': pp {self.pp_string!r} failed: {e}") from e
     if not (isinstance(image, np.ndarray) and image.dtype == np.float32 and image.ndim == 3):
       raise ValueError(f"pp {self.pp_string!r} must yield float32 [H, W, C] images (end it with "
                        f"value_range or normalize); got {getattr(image, 'dtype', type(image))}")

@@ -60,8 +60,7 @@ class MetricsWriter:
   def _truncate_after(self, step):
     if not os.path.exists(self.path):
       return
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+    kept = [json.dumps(row) + '\n' for row in _rows(self.path) if row['step'] <= step]
     tmp = self.path + '.tmp'
     with open(tmp, 'w') as f:
       f.writelines(kept)
@@ -82,6 +81,17 @@ class MetricsWriter:
       self._tb.close()
 
 
+def _rows(path):
+  """Parsed lines; a line torn by a kill mid-write is dropped, not fatal."""
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return rows
+
+
 def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return _rows(os.path.join(workdir, 'metrics.jsonl'))

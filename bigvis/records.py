@@ -179,6 +179,13 @@ def shard_paths(pattern_or_dir: str, name: str = "*") -> list[str]:
   for (prefix, count), found in sets.items():
     if missing := sorted(set(range(count)) - found):
       raise FileNotFoundError(f"shard set {prefix}-*-of-{count:05d} lacks shard(s) {missing}")
+  counts_by_prefix: dict[str, list[int]] = {}
+  for prefix, count in sets:
+    counts_by_prefix.setdefault(prefix, []).append(count)
+  for prefix, counts in counts_by_prefix.items():
+    if len(counts) > 1:  # e.g. an old run's shards beside a new one with another shard count
+      raise ValueError(f"{prefix}: several shard sets ({', '.join(f'-of-{c:05d}' for c in sorted(counts))}); "
+                       "remove the stale one")
   return paths
 
 

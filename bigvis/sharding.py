@@ -30,8 +30,8 @@ def make_mesh(mesh_config, devices=None):
 
 
 def path_name(path):
-  """'a/b/c' from a jax tree path, skipping optax's numeric tuple indices and state field names
-  so an optimizer moment gets the same name ending as its param."""
+  """'a/b/c' from a jax tree path. An optimizer moment's name ends like its param's
+  ('0/mu/trunk/.../kernel'), so `$`-anchored rules place both the same way."""
   parts = []
   for k in path:
     if isinstance(k, jax.tree_util.DictKey):

@@ -101,9 +101,14 @@ def train(config, workdir):
 
   # --- Data: each process reads its own shard of the records.
   paths = records.shard_paths(config.input.data_dir, config.input.split)
-  card_path = os.path.join(config.input.data_dir, 'dataset_card.json')
-  config_lib.resolve_num_classes(config, corpora.read_card(config.input.data_dir)
-                                 if os.path.exists(card_path) else None)
+  card = None
+  if os.path.exists(os.path.join(config.input.data_dir, corpora.writer.CARD_JSON)):
+    card = corpora.read_card(config.input.data_dir)
+    if card.get('status') != 'ok':  # Its counts and classes describe a run that was discarded.
+      raise config_lib.ConfigError(
+          f'{config.input.data_dir}: the last prepare failed (card status '
+          f'{card.get("status")!r}: {card.get("error", "")}); prepare it again')
+  config_lib.resolve_num_classes(config, card)
   make_ds = functools.partial(
       data.make_dataset, paths, pp=config.input.pp, labels=config_lib.label_specs(config),
       seed=config.seed, shuffle=config.input.shuffle, process_index=process_index,
@@ -190,6 +195,7 @@ def train(config, workdir):
         break
   finally:
     bar.close()
+    train_iter.close()  # Stops Grain's worker processes.
     ckpt.wait()
     ckpt.close()
     writer.close()
@@ -218,7 +224,10 @@ def main(argv):
     raise app.UsageError('Both --config and --workdir are required.')
   logging.get_absl_handler().addFilter(_OnlyOwnInfo())
   logging.set_verbosity(logging.INFO)
-  train(_CONFIG.value, _WORKDIR.value)
+  try:
+    train(_CONFIG.value, _WORKDIR.value)
+  except (config_lib.ConfigError, records.RecordError, FileNotFoundError) as e:
+    raise app.UsageError(str(e)) from e  # The message that names the key, file or record.
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ Args: variant (ViT Ti/16 .. g/14 at any patch, or resnet50, resnext50_32x4d), da
 openclipart | shapes), labels (clusters | vocab), runlocal.
 """
 from bigvis import config as config_lib
+from bigvis import synthetic
 
 
 def get_config(arg=None):
@@ -43,9 +44,13 @@ def get_config(arg=None):
     c.model.pool_type = 'map'
 
   if arg.data == 'shapes':
-    c.tasks.labels = config_lib.task('multilabel', 'tags', loss='softmax_xent')
+    # tools/make_synthetic.py writes no dataset card: the class count comes from the module.
+    c.tasks.labels = config_lib.task('multilabel', 'tags', synthetic.NUM_TAGS, loss='softmax_xent')
   elif arg.data in ('emoji', 'openclipart'):
-    field = {'clusters': 'mined_clusters', 'vocab': 'mined_labels'}[arg.labels]
+    fields = {'clusters': 'mined_clusters', 'vocab': 'mined_labels'}
+    if arg.labels not in fields:
+      raise ValueError(f'labels={arg.labels!r}: choose from {sorted(fields)}')
+    field = fields[arg.labels]
     c.tasks.labels = config_lib.task('multilabel', field, loss='softmax_xent')
   else:
     raise ValueError(f'data={arg.data!r}: choose emoji, openclipart or shapes')

@@ -14,6 +14,10 @@ def test_parse_arg_types_and_flags():
   assert (arg.variant, arg.runlocal, arg.steps) == ('S/16', True, 7)
   with pytest.raises(ValueError, match="Unknown config arg 'varaint'"):
     config_lib.parse_arg('varaint=S/16', variant='B/16')
+  with pytest.raises(ValueError, match='not a boolean'):
+    config_lib.parse_arg('runlocal=ture', runlocal=False)
+  with pytest.raises(ValueError, match='not a int'):
+    config_lib.parse_arg('steps=1.5', steps=1)
 
 
 def test_typo_in_config_names_the_key_and_suggests():
@@ -53,6 +57,23 @@ def test_pretrain_config_variants_validate():
               'data=openclipart,labels=vocab',
               'variant=resnext50_32x4d'):
     config_lib.validate(pretrain.get_config(arg))
+
+
+def test_typo_inside_a_config_file_fails_from_the_cli(tmp_path):
+  """ml_collections rejects unknown --config.x flags itself; a typo inside the file is ours."""
+  path = tmp_path / 'typo.py'
+  path.write_text('from bigvis import config as config_lib\n'
+                  'def get_config(arg=None):\n'
+                  '  c = config_lib.defaults()\n'
+                  '  c.tasks.y = config_lib.task("classifier", "y", 2)\n'
+                  '  c.totl_steps = 3\n'
+                  '  return c\n')
+  result = subprocess.run(
+      [sys.executable, '-m', 'bigvis.train', '--config', str(path), '--workdir', str(tmp_path / 'w')],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "'totl_steps' (did you mean 'total_steps'?)" in result.stderr
+  assert 'Traceback' not in result.stderr and not (tmp_path / 'w' / 'checkpoints').exists()
 
 
 @pytest.mark.parametrize('override', ['--config.totl_steps=3', '--config.model.varient=S/16'])

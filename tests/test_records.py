@@ -115,6 +115,13 @@ def test_shard_paths_errors(tmp_path):
   os.remove(paths[1])
   with pytest.raises(FileNotFoundError, match=r"lacks shard\(s\) \[1\]"):
     records.shard_paths(str(tmp_path), "train")
+  for p in paths[::2]:
+    os.remove(p)
+  # A rerun with another shard count beside an old set: training would silently read both.
+  records.write_shards([_record(i) for i in range(4)], str(tmp_path), "train", 2)
+  records.write_shards([_record(i) for i in range(4)], str(tmp_path), "train", 4)
+  with pytest.raises(ValueError, match="several shard sets"):
+    records.shard_paths(str(tmp_path), "train")
 
 
 def test_synthetic_deterministic_and_valid(tmp_path):

@@ -54,6 +54,16 @@ def test_train_writes_metrics_config_and_checkpoints(shapes_dir, tmp_path):
   assert any(f.startswith('events') for f in os.listdir(tmp_path / 'tensorboard'))
 
 
+def test_metrics_resume_drops_later_and_torn_lines(tmp_path):
+  (tmp_path / 'metrics.jsonl').write_text(
+      '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.0}\n{"step": 4, "lo')
+  writer = metrics.MetricsWriter(str(tmp_path), resume_step=2)
+  writer.write(3, {'loss': 0.5})
+  writer.close()
+  assert [(r['step'], r['loss']) for r in metrics.read_metrics(tmp_path)] == [
+      (1, 2.0), (2, 1.5), (3, 0.5)]
+
+
 def test_loss_goes_down_in_bf16(shapes_dir, tmp_path):
   c = helpers.tiny_config(shapes_dir, total_steps=40, log_every_steps=1,
                           checkpoint_every_steps=40, **{'model.dtype': 'bfloat16'})

@@ -66,23 +66,26 @@ def main(argv=None):
   p.add_argument("--no_plots", action="store_true")
   a = p.parse_args(argv)
 
-  cfg = MinerConfig(
-      weights=parse_weights(a.weights), default_langs=tuple(filter(None, a.default_langs.split(","))),
-      min_confidence=a.min_confidence, min_count=a.min_count, max_size=a.max_size,
-      cluster_max_size=a.cluster_max_size, clusters=a.clusters, embed_dim=a.embed_dim,
-      seed=a.seed, fit_splits=tuple(a.fit_splits.split(",")),
-      exclude=exclude_names(a.corpus, [f for f in a.exclude_names_of.split(",") if f]))
-  start = time.time()
-  if a.runner == "local":
-    from bigvis.labels import local
-    stats = local.run(a.corpus, a.out, cfg, workers=a.workers or None, chunk_size=a.chunk_size)
-  else:
-    logging.getLogger().setLevel(logging.WARNING)
-    from bigvis.labels import beam
-    print("beam: running the pipeline (no per-record progress bar; Beam logs its stages)",
-          file=sys.stderr)
-    stats = beam.run(a.corpus, a.out, cfg, pipeline_args=beam_args or None,
-                     chunk_size=a.chunk_size)
+  try:
+    cfg = MinerConfig(
+        weights=parse_weights(a.weights), default_langs=tuple(filter(None, a.default_langs.split(","))),
+        min_confidence=a.min_confidence, min_count=a.min_count, max_size=a.max_size,
+        cluster_max_size=a.cluster_max_size, clusters=a.clusters, embed_dim=a.embed_dim,
+        seed=a.seed, fit_splits=tuple(a.fit_splits.split(",")),
+        exclude=exclude_names(a.corpus, [f for f in a.exclude_names_of.split(",") if f]))
+    start = time.time()
+    if a.runner == "local":
+      from bigvis.labels import local
+      stats = local.run(a.corpus, a.out, cfg, workers=a.workers or None, chunk_size=a.chunk_size)
+    else:
+      logging.getLogger().setLevel(logging.WARNING)
+      from bigvis.labels import beam
+      print("beam: running the pipeline (no per-record progress bar; Beam logs its stages)",
+            file=sys.stderr)
+      stats = beam.run(a.corpus, a.out, cfg, pipeline_args=beam_args or None,
+                       chunk_size=a.chunk_size)
+  except (OSError, ValueError, RuntimeError) as e:  # Bad input: the message, no traceback.
+    sys.exit(f"mine_labels.py: error: {e}")
   seconds = time.time() - start
   if not a.no_plots:
     from bigvis.labels import plots  # here: spawned workers re-import this module

@@ -95,7 +95,10 @@ def main(argv: list[str] | None = None) -> None:
   args = vars(parser.parse_args(argv[1:]))
   out = args.pop("out")
   start = time.time()
-  card = fn(out, **args)
+  try:
+    card = fn(out, **args)
+  except (OSError, ValueError, RuntimeError) as e:  # Bad input or fetch: the message, no traceback.
+    sys.exit(f"prepare.py {name}: error: {e}")
   for split, s in card["splits"].items():
     print(f"{split:12s} {s['records']:8d} records  {s['shards']} shards  {s['bytes'] / 2**20:7.1f} MiB")
   print(f"{'total':12s} {card['num_records']:8d} records; skipped {card['skipped']['count']}, "

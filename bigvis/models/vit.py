@@ -1,6 +1,6 @@
 """Vision Transformer trunk (Dosovitskiy et al. 2021; Zhai et al. 2022 sizes).
 
-Parameter names follow big_vision's `vit.py` exactly, so its `.npz` checkpoints load by path and
+Parameter names follow big_vision's `vit.py` exactly, so its `.npz` checkpoints can map by path and
 the sharding rules (regexes over these paths) apply unchanged:
   embedding, cls, pos_embedding, Transformer/encoderblock_{i}/..., Transformer/encoder_norm,
   MAPHead_0, head.
