@@ -48,13 +48,14 @@ def test_dedup_routing_card_round_trip(tmp_path):
   items.insert(3, records.Record("dup", items[1].image, {}, {"shape": 0}))  # same bytes as a1
   items.append(Skipped("bad.png", "undecodable image: truncated"))
   items.append(records.Record("gif", b"GIF89a...", {}, {}))  # invalid: skipped, not fatal
+  items.append(records.Record("a2", _rec(50).image, {}, {"shape": 0}))  # a2 again, new image
   card = write_corpus(iter(items), out, name="t", split_of=_by_parity, num_shards=3, card=CARD,
                       max_bad_fraction=0.5, progress_total=len(items))
   assert card == read_card(out) and card["status"] == "ok"
   assert card["duplicates"]["count"] == 1
   assert card["duplicates"]["items"] == [{"id": "dup", "duplicate_of": "a1"}]
-  assert card["skipped"]["count"] == 2
-  assert {s["id"] for s in card["skipped"]["items"]} == {"bad.png", "gif"}
+  assert card["skipped"]["count"] == 3
+  assert {s["id"] for s in card["skipped"]["items"]} == {"bad.png", "gif", "a2"}
   assert {s: v["records"] for s, v in card["splits"].items()} == {"train": 3, "val": 3}
   assert card["splits"]["train"]["shards"] == 3
   assert card["fields"]["labels"]["shape"]["num_classes"] == len(synthetic.SHAPES)

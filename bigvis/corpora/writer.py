@@ -306,6 +306,7 @@ def write_corpus(items: Iterable[Record | Skipped], out_dir: str, *, name: str,
   stats = _Stats(label_names)
   writers: dict[str, _SplitWriter] = {}
   seen: dict[bytes, str] = {}  # image sha256 -> first id (32 bytes + id per record)
+  ids: set[str] = set()
 
   def shards_for(split: str) -> int:
     n = num_shards.get(split, 1) if isinstance(num_shards, dict) else num_shards
@@ -334,6 +335,10 @@ def write_corpus(items: Iterable[Record | Skipped], out_dir: str, *, name: str,
       except records.RecordError as e:
         stats.skip(Skipped(str(getattr(item, "id", "?")), f"invalid record: {e}"))
         continue
+      if item.id in ids:  # Ids key records downstream (TFDS, retrieval ground truth).
+        stats.skip(Skipped(item.id, "duplicate id: an earlier record has the same id"))
+        continue
+      ids.add(item.id)
       digest = hashlib.sha256(item.image).digest()
       if digest in seen:
         stats.duplicate(item.id, seen[digest])
