@@ -108,6 +108,11 @@ def test_too_many_bad_items(corpus):
   assert [s["id"] for s in card["skipped"]["items"]] == ["x/1.png", "x/2.png"]
   assert card["previous_card"]["status"] == "ok" and card["previous_card"]["num_records"] == 10
   assert "failed" in open(os.path.join(corpus, "DATASET_CARD.md")).read()
+  # A second failure in a row still describes the shards on disk, not the first failure.
+  with pytest.raises(TooManyBadItems):
+    write_corpus(iter(items), corpus, name="t", split_of=_by_parity, card=CARD, max_bad_fraction=0.1)
+  again = read_card(corpus)["previous_card"]
+  assert again["status"] == "ok" and again["num_records"] == 10
 
 
 # ----------------------------------------------------------------- emoji (real npm packages)

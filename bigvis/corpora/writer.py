@@ -386,9 +386,11 @@ def write_corpus(items: Iterable[Record | Skipped], out_dir: str, *, name: str,
     failed = _build_card(card, name=name, stats=stats, splits=splits, status="failed",
                          out_dir=out_dir)
     failed["error"] = error
-    try:
-      failed["previous_card"] = read_card(out_dir)
-      failed["previous_card"].pop("previous_card", None)
+    try:  # The card of the shards still on disk: after an earlier failure, the one it kept.
+      previous = read_card(out_dir)
+      if previous.get("status") != "ok":
+        previous = previous.get("previous_card")
+      failed["previous_card"] = previous
     except (FileNotFoundError, ValueError):
       failed["previous_card"] = None
     _write_card(out_dir, failed)
