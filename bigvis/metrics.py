@@ -6,6 +6,8 @@ import os
 import jax
 from jax.extend import core as jex_core
 
+from bigvis import fileio
+
 
 def _dot_flops(eqn):
   lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
@@ -61,10 +63,7 @@ class MetricsWriter:
     if not os.path.exists(self.path):
       return
     kept = [json.dumps(row) + '\n' for row in _rows(self.path) if row['step'] <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    fileio.write_text_atomic(self.path, ''.join(kept))
 
   def write(self, step, scalars):
     if not self.enabled:

@@ -4,7 +4,6 @@ Overrides: `--config.total_steps=10 --config.model.variant=S/16`. A workdir that
 checkpoint is resumed exactly (params, optimizer, step and data position).
 """
 import functools
-import json
 import logging as pylogging
 import os
 import signal
@@ -20,7 +19,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from bigvis import checkpoint, config as config_lib, corpora, data, distributed, heads, losses
-from bigvis import metrics, optim, records, sharding
+from bigvis import fileio, metrics, optim, records, sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/pretrain.py:runlocal')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder: checkpoints/, metrics.jsonl, config.json')
@@ -69,13 +68,6 @@ def make_train_step(model, config, tx, lr_fn):
   return step_fn
 
 
-def _write_json_atomic(path, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
 class _StopOnSigterm:
   """Preemption: SIGTERM asks the loop to save a checkpoint at the next step and exit cleanly."""
 
@@ -114,7 +106,7 @@ def train(config, workdir):
       seed=config.seed, shuffle=config.input.shuffle, process_index=process_index,
       process_count=process_count)
   if process_index == 0:  # The resolved config, class counts included.
-    _write_json_atomic(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
+    fileio.write_text_atomic(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
   example = next(iter(make_ds(batch_size=1, worker_count=0)))  # Input shapes for init.
   train_iter = iter(make_ds(batch_size=config.batch_size // process_count,
                             worker_count=config.input.worker_count))

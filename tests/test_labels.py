@@ -12,7 +12,7 @@ from array_record.python import array_record_module
 
 from bigvis import records, synthetic
 from bigvis.corpora import read_card, write_corpus
-from bigvis.labels import MinerConfig, cluster, steps, text
+from bigvis.labels import MinerConfig, cluster, text
 from bigvis.labels import vocab as vocab_lib
 
 CFG = MinerConfig(min_confidence=0.0)

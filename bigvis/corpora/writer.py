@@ -40,6 +40,7 @@ from array_record.python import array_record_module
 from tqdm import tqdm
 
 from bigvis import records
+from bigvis.fileio import write_text_atomic
 from bigvis.records import Record
 
 CARD_JSON = "dataset_card.json"
@@ -168,15 +169,6 @@ def _check_label_names(record: Record, label_names: dict) -> None:
             f"({len(names)} names)")
 
 
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _shard_files(out_dir: str) -> list[str]:
   return sorted(f for f in os.listdir(out_dir) if _SHARD_FILE_RE.match(f))
 
@@ -279,9 +271,9 @@ def _render_md(card: dict) -> str:
 
 
 def _write_card(out_dir: str, card: dict) -> None:
-  _write_atomic(os.path.join(out_dir, CARD_JSON),
+  write_text_atomic(os.path.join(out_dir, CARD_JSON),
                 json.dumps(card, indent=1, ensure_ascii=False) + "\n")
-  _write_atomic(os.path.join(out_dir, CARD_MD), _render_md(card))
+  write_text_atomic(os.path.join(out_dir, CARD_MD), _render_md(card))
 
 
 def write_corpus(items: Iterable[Record | Skipped], out_dir: str, *, name: str,
