@@ -36,6 +36,17 @@ _KEYS = frozenset({"v", "id", "image", "texts", "labels"})
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _SHARD_RE = re.compile(r"^(.*)-(\d{5})-of-(\d{5})\.array_record$")
+# Split names have no '-', so the glob `{split}-*` never matches another split's shards.
+SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+SHARD_FILE_RE = re.compile(r"^([A-Za-z0-9_]+)-\d{5}-of-\d{5}\.array_record$")
+
+
+def split_of_shard(path: str) -> str:
+  """'DIR/train-00001-of-00004.array_record' -> 'train'."""
+  m = SHARD_FILE_RE.match(os.path.basename(path))
+  if not m:
+    raise ValueError(f"{path}: not a record shard name ({{split}}-NNNNN-of-NNNNN.array_record)")
+  return m[1]
 
 LabelValue = int | str | list[int] | list[str]
 

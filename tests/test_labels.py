@@ -167,12 +167,15 @@ def test_local_and_beam_runners_write_identical_artifacts(corpus, tmp_path):
   rec = records.decode(records.read_shard(os.path.join(a, "extra-00000-of-00001.array_record"))[0],
                        "t")
   assert rec.id == "broken-1" and rec.texts == {"description": "blue star"}
+  labelled = 0
   for raw in records.read_shard(os.path.join(a, "train-00000-of-00003.array_record"))[:20]:
     rec = records.decode(raw, "t")
     mined = {vocab[i] for i in rec.labels["mined_labels"]}
     assert mined <= labels_of(rec.texts, MINE)
+    labelled += bool(mined)
     assert len(rec.labels["mined_label_confidence"]) == len(rec.labels["mined_labels"])
     assert all(0 <= c < len(names) for c in rec.labels["mined_clusters"])
+  assert labelled >= 15  # Shapes titles always yield vocabulary labels: mining must find them.
 
   from bigvis import config as config_lib
   from bigvis import data

@@ -28,7 +28,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -48,9 +47,7 @@ CARD_MD = "DATASET_CARD.md"
 CARD_VERSION = 1
 _LIST_CAP = 1000          # skipped / duplicate ids kept in the card
 _HISTOGRAM_MAX_CLASSES = 64  # per-split class counts only for small label sets
-_SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")  # no '-': shard globs are `{split}-*`
 _STAGING_PREFIX = ".incoming-"
-_SHARD_FILE_RE = re.compile(r"^[A-Za-z0-9_]+-\d{5}-of-\d{5}\.array_record$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +167,7 @@ def _check_label_names(record: Record, label_names: dict) -> None:
 
 
 def _shard_files(out_dir: str) -> list[str]:
-  return sorted(f for f in os.listdir(out_dir) if _SHARD_FILE_RE.match(f))
+  return sorted(f for f in os.listdir(out_dir) if records.SHARD_FILE_RE.match(f))
 
 
 def _remove_stale_staging(out_dir: str) -> None:
@@ -340,7 +337,7 @@ def write_corpus(items: Iterable[Record | Skipped], out_dir: str, *, name: str,
       if split is None:
         stats.dropped += 1
         continue
-      if not isinstance(split, str) or not _SPLIT_RE.match(split):
+      if not isinstance(split, str) or not records.SPLIT_NAME_RE.match(split):
         raise ValueError(f"{name}: split_of gave {split!r} for {item.id!r}; "
                          "split names must match [A-Za-z0-9_]+")
       if split not in writers:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator
 
@@ -30,7 +29,6 @@ from bigvis.labels.config import MinerConfig
 from bigvis.labels.vocab import Vocab
 
 FIELDS = ("mined_labels", "mined_label_confidence", "mined_clusters")
-_SPLIT = re.compile(r"^([A-Za-z0-9_]+)-\d{5}-of-\d{5}\.array_record$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +38,7 @@ class Chunk:
   end: int
 
 
-def split_of(path: str) -> str:
-  m = _SPLIT.match(os.path.basename(path))
-  if not m:
-    raise ValueError(f"{path}: not a record shard name ({{split}}-NNNNN-of-NNNNN.array_record)")
-  return m[1]
+split_of = records.split_of_shard
 
 
 def all_shards(corpus: str) -> list[str]:
