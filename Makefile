@@ -12,14 +12,11 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# The main job, start to finish, on a fresh run folder.
+# The main job, start to finish, on a fresh run folder: prepare, mine labels, pretrain, fine-tune
+# (and the scratch baseline), embed, index, evaluate; the report lands in $(DEMO_DIR)/report.json.
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
-	$(PY) tools/prepare.py emoji --out $(DEMO_DIR)/data/emoji
-	$(PY) tools/mine_labels.py --corpus $(DEMO_DIR)/data/emoji --out $(DEMO_DIR)/data/emoji_mined
-	$(PY) -m bigvis.train --config configs/pretrain.py:runlocal \
-	  --config.input.data_dir=$(DEMO_DIR)/data/emoji_mined --workdir $(DEMO_DIR)/pretrain
-	@echo "Metrics: $(DEMO_DIR)/pretrain/metrics.jsonl; checkpoints: $(DEMO_DIR)/pretrain/checkpoints"
+	$(PY) tools/demo.py --workdir $(DEMO_DIR)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

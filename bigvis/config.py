@@ -27,6 +27,29 @@ def task(head, label_field, num_classes=0, *, loss=None, weight=1.0, embed_dim=2
       num_classes=num_classes, embed_dim=embed_dim, temperature=temperature))
 
 
+EVAL_KINDS = ('classification', 'retrieval', 'knn')
+
+
+def evaluator(kind, *, every_steps, split='', query_split='', index_split='', label_field='',
+              task='', ks=(1, 10), k=10, pp='', batch_size=0, data_dir=''):
+  """An evaluator run during training every `every_steps` steps and at the last step.
+
+  kind 'classification': accuracy of every classifier task (and precision@1 of every multilabel
+    task) on `split`.
+  kind 'retrieval': the embedding task `task` embeds `query_split` and `index_split`; exact search
+    by cosine and by Hamming distance on the sign codes; recall@k for k in `ks` against
+    `label_field` (same label = relevant). With one split for both, a query never finds itself.
+  kind 'knn': k-nearest-neighbour classification (k = `k`, cosine, majority vote) of
+    `label_field` on the trunk's pooled features, `index_split` as memory, `query_split` as test.
+  pp: the eval preprocessing (no random ops), e.g. 'decode|resize(64)|value_range(-1,1)'.
+  batch_size 0 = the training batch; data_dir '' = config.input.data_dir.
+  """
+  return ml_collections.ConfigDict(dict(
+      kind=kind, every_steps=every_steps, split=split, query_split=query_split,
+      index_split=index_split, label_field=label_field, task=task, ks=tuple(ks), k=k, pp=pp,
+      batch_size=batch_size, data_dir=data_dir))
+
+
 def defaults():
   """The full schema with default values. Config files override fields; they may not add any."""
   c = ml_collections.ConfigDict()
@@ -53,6 +76,12 @@ def defaults():
       name='vit', variant='B/16', pool_type='tok', posemb='learn', dtype='float32', remat=False,
       dropout=0.0))
   c.tasks = ml_collections.ConfigDict()  # name -> task(...)
+  # Start from pretrained weights: a bigvis workdir (latest checkpoint) or checkpoints/<step> dir,
+  # or a big_vision-layout .npz. Params whose names match `skip` keep their fresh init (by default
+  # the task heads). Ignored when the workdir already holds a checkpoint (that run is resumed).
+  c.init = ml_collections.ConfigDict(dict(path='', skip=r'^head_'))
+  c.freeze_trunk_steps = 0  # Warm-up: the first N steps update only the heads.
+  c.evals = ml_collections.ConfigDict()  # name -> evaluator(...)
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adamw',  # adamw | lamb | sgd
       lr=1e-3, b1=0.9, b2=0.999, momentum=0.9, weight_decay=1e-4,
@@ -122,7 +151,7 @@ def _check_keys(config, schema, where=''):
     if key not in schema:
       raise _unknown(key, list(schema.keys()), where)
     value, default = config[key], schema[key]
-    if isinstance(default, ml_collections.ConfigDict) and key != 'tasks':
+    if isinstance(default, ml_collections.ConfigDict) and key not in ('tasks', 'evals'):
       if not isinstance(value, ml_collections.ConfigDict):
         raise ConfigError(f'Config key {where}{key} must be a dict, got {value!r}')
       _check_keys(value, default, f'{where}{key}.')
@@ -143,6 +172,12 @@ def validate(config):
     if t.loss not in TASK_HEADS[t.head]:
       raise ConfigError(f'tasks.{name}.loss={t.loss!r} does not fit head {t.head!r}; '
                         f'choose from {TASK_HEADS[t.head]}')
+  eval_schema = evaluator('knn', every_steps=1)
+  for name, e in config.evals.items():
+    _check_keys(e, eval_schema, f'evals.{name}.')
+    _check_evaluator(name, e, config.tasks)
+  if config.freeze_trunk_steps < 0:
+    raise ConfigError(f'freeze_trunk_steps must be >= 0, got {config.freeze_trunk_steps}')
   for key in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'batch_size',
               'grad_accum_steps', 'keep_checkpoints'):
     if config[key] <= 0:
@@ -156,6 +191,28 @@ def validate(config):
     if config.optimizer[key] not in allowed:
       raise ConfigError(f'optimizer.{key}={config.optimizer[key]!r}; choose from {allowed}')
   return config
+
+
+def _check_evaluator(name, e, tasks):
+  where = f'evals.{name}'
+  if e.kind not in EVAL_KINDS:
+    raise ConfigError(f'{where}.kind={e.kind!r}; choose from {EVAL_KINDS}')
+  if e.every_steps <= 0:
+    raise ConfigError(f'{where}.every_steps must be positive, got {e.every_steps}')
+  needed = {'classification': ('split', 'pp'),
+            'retrieval': ('query_split', 'index_split', 'label_field', 'task', 'pp'),
+            'knn': ('query_split', 'index_split', 'label_field', 'pp')}[e.kind]
+  for key in needed:
+    if not e[key]:
+      raise ConfigError(f'{where}: kind {e.kind!r} needs {key}')
+  if e.kind == 'retrieval':
+    if e.task not in tasks or tasks[e.task].head != 'embedding':
+      embedding = sorted(n for n, t in tasks.items() if t.head == 'embedding')
+      raise ConfigError(f'{where}.task={e.task!r} is not an embedding task; those are {embedding}')
+    if not e.ks or min(e.ks) < 1:
+      raise ConfigError(f'{where}.ks={e.ks!r} must be positive integers')
+  if e.kind == 'knn' and e.k < 1:
+    raise ConfigError(f'{where}.k must be positive, got {e.k}')
 
 
 def resolve_num_classes(config, card):

@@ -13,13 +13,14 @@ import time
 from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from bigvis import checkpoint, config as config_lib, corpora, data, distributed, heads, losses
-from bigvis import fileio, metrics, optim, records, sharding
+from bigvis import checkpoint, config as config_lib, corpora, data, distributed, evaluators
+from bigvis import fileio, heads, losses, metrics, optim, pretrained, records, sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/pretrain.py:runlocal')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder: checkpoints/, metrics.jsonl, config.json')
@@ -59,6 +60,10 @@ def make_train_step(model, config, tx, lr_fn):
       ((loss, parts), grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
       (loss, parts), grads = jax.tree.map(lambda x: x / accum, ((loss, parts), grads))
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    if config.freeze_trunk_steps:  # Warm-up of the new heads on a fixed pretrained trunk.
+      frozen = state['step'] < config.freeze_trunk_steps
+      updates = dict(updates, trunk=jax.tree.map(lambda u: jnp.where(frozen, 0, u),
+                                                 updates['trunk']))
     new_state = dict(step=state['step'] + 1, params=optax.apply_updates(state['params'], updates),
                      opt_state=opt_state)
     out = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': lr_fn(state['step'])}
@@ -115,9 +120,11 @@ def train(config, workdir):
   model = heads.build_model(config)
   tx, lr_fn = optim.make_optimizer(config.optimizer, config.total_steps)
 
-  def init(rng):
-    params = model.init(rng, jnp.asarray(example['image']), train=False)['params']
+  def state_from(params):
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  def init(rng):
+    return state_from(model.init(rng, jnp.asarray(example['image']), train=False)['params'])
 
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   state_shardings = sharding.tree_shardings(abstract, mesh, config.sharding)
@@ -136,6 +143,12 @@ def train(config, workdir):
   else:
     start = 0
     state = jax.jit(init, out_shardings=state_shardings)(jax.random.key(config.seed))
+    if config.init.path:  # Fine-tuning: pretrained weights, fresh heads and optimizer.
+      params = pretrained.load(multihost_utils.process_allgather(state['params'], tiled=True),
+                               config.init.path, skip=config.init.skip)
+      params = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, x.__getitem__),
+                            params, state_shardings['params'])
+      state = jax.jit(state_from, out_shardings=state_shardings)(params)
 
   # --- The step: sharded in and out, the old state donated.
   batch_sharding = sharding.batch_sharding(mesh)
@@ -147,6 +160,9 @@ def train(config, workdir):
   # Training ~ 3x the forward matmuls (forward, and two for the backward).
   flops_per_example = 3 * metrics.matmul_flops(forward, abstract['params'],
                                                jnp.asarray(example['image']))
+
+  # --- Evaluators, on the same mesh and param layout.
+  evals = evaluators.Evaluators(config, model, mesh, state_shardings['params'], card)
 
   # --- Loop.
   writer = metrics.MetricsWriter(workdir, enabled=process_index == 0, resume_step=start)
@@ -180,6 +196,13 @@ def train(config, workdir):
         writer.write(step, scalars)
         bar.set_postfix(loss=f'{scalars["loss"]:.4f}')
         timer_start, timed_steps = time.perf_counter(), 0
+      if evals.due(step):
+        eval_start = time.perf_counter()
+        scalars = evals.run(state['params'], step)
+        scalars['eval/seconds'] = time.perf_counter() - eval_start
+        writer.write(step, scalars)
+        logging.info('step %d: %s', step, ', '.join(f'{k}={v:.4g}' for k, v in scalars.items()))
+        timer_start, timed_steps = time.perf_counter(), 0  # Throughput excludes eval pauses.
       preempted = stopper.event.is_set() if stopper else ckpt.manager.reached_preemption(step)
       ckpt.save(step, state, train_iter, force=preempted or step == config.total_steps)
       if preempted:

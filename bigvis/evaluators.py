@@ -1,0 +1,128 @@
+"""Evaluators run during training (big_vision style), built from `config.evals`.
+
+Each entry names a kind (see `bigvis.config.evaluator`): 'classification' (accuracy of each
+classifier head, precision@1 of each multilabel head), 'retrieval' (recall@k of an embedding head,
+float by cosine and binary by Hamming distance, exact search) or 'knn' (k-NN accuracy on the
+trunk's pooled features). `Evaluators.run(params, step)` returns {'eval/<name>/<metric>': value}
+for the entries due at `step`.
+"""
+import numpy as np
+
+from bigvis import config as config_lib
+from bigvis import inference, records, retrieval
+
+
+def accuracy(logits, labels):
+  return float(np.mean(np.argmax(logits, -1) == labels))
+
+
+def precision_at_1(logits, multi_hot):
+  """Share of examples (with any positive) whose top-scored class is a positive."""
+  has_label = multi_hot.sum(-1) > 0
+  top = np.argmax(logits, -1)
+  return float(multi_hot[np.arange(len(top)), top][has_label].mean())
+
+
+def search_without_self(queries, database, k, metric, same_split):
+  """Exact top-k ids; with queries == database, each query's own row is removed first."""
+  if not same_split:
+    return retrieval.exact_search(queries, database, k, metric=metric)[0]
+  ids = retrieval.exact_search(queries, database, k + 1, metric=metric)[0]
+  own = np.arange(len(ids))[:, None]
+  # Keep the first k columns that are not the query itself (a tie can put it anywhere).
+  order = np.argsort(ids == own, axis=1, kind='stable')[:, :k]
+  return np.take_along_axis(ids, order, axis=1)
+
+
+def knn_accuracy(query_features, query_labels, index_features, index_labels, k, same_split=False):
+  """k-NN by cosine similarity, majority vote; a tie goes to the class of the nearest among them."""
+  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  ids = search_without_self(unit(query_features).astype(np.float32),
+                            unit(index_features).astype(np.float32), k, 'dot', same_split)
+  neighbours = index_labels[ids]  # [Q, k], nearest first
+  num_classes = int(max(index_labels.max(), query_labels.max())) + 1
+  votes = np.zeros((len(ids), num_classes))
+  rank_bonus = (k - np.arange(ids.shape[1])) / (k * (k + 1))  # < 1 in total: breaks ties only
+  np.add.at(votes, (np.arange(len(ids))[:, None], neighbours), 1 + rank_bonus)
+  return float(np.mean(votes.argmax(-1) == query_labels))
+
+
+class Evaluators:
+  """The config's evaluators over one model; predictions per split are shared within a run."""
+
+  def __init__(self, config, model, mesh, param_shardings, card=None):
+    self.config = config
+    self.predictor = inference.Predictor(model, mesh, param_shardings)
+    self.label_names = (card or {}).get('label_names', {})
+
+  def due(self, step):
+    return [name for name, e in self.config.evals.items()
+            if step % e.every_steps == 0 or step == self.config.total_steps]
+
+  def _label_spec(self, field):
+    for t in self.config.tasks.values():
+      if t.label_field == field:
+        return config_lib.label_specs(self.config)[field]
+    if field not in self.label_names:
+      raise config_lib.ConfigError(f'evals: no class count for label field {field!r}: no task '
+                                   f'uses it and the dataset card does not name its classes')
+    return ('class', len(self.label_names[field]))
+
+  def _predict(self, params, e, split, fields, cache):
+    data_dir = e.data_dir or self.config.input.data_dir
+    key = (data_dir, split, e.pp, tuple(sorted(fields)))
+    if key not in cache:
+      cache[key] = self.predictor.predict_split(
+          params, records.shard_paths(data_dir, split), pp=e.pp,
+          labels={f: self._label_spec(f) for f in fields},
+          batch_size=e.batch_size or self.config.batch_size, desc=f'eval {split}')
+    return cache[key]
+
+  def run(self, params, step):
+    scalars, cache = {}, {}
+    for name in self.due(step):
+      e = self.config.evals[name]
+      for metric, value in getattr(self, f'_{e.kind}')(params, e, cache).items():
+        scalars[f'eval/{name}/{metric}'] = value
+    return scalars
+
+  def _classification(self, params, e, cache):
+    tasks = {n: t for n, t in self.config.tasks.items() if t.head in ('classifier', 'multilabel')}
+    out = self._predict(params, e, e.split, {t.label_field for t in tasks.values()}, cache)
+    metrics = {}
+    for name, t in tasks.items():
+      logits, labels = out[f'logits/{name}'], out[f'label/{t.label_field}']
+      if t.head == 'classifier':
+        metrics[f'{name}/accuracy'] = accuracy(logits, labels)
+      else:
+        metrics[f'{name}/precision@1'] = precision_at_1(logits, labels)
+    return metrics
+
+  def _pair(self, params, e, cache):
+    query = self._predict(params, e, e.query_split, {e.label_field}, cache)
+    index = self._predict(params, e, e.index_split, {e.label_field}, cache)
+    return query, index, e.query_split == e.index_split
+
+  def _retrieval(self, params, e, cache):
+    query, index, same = self._pair(params, e, cache)
+    key, label = f'embedding/{e.task}', f'label/{e.label_field}'
+    k = max(e.ks)
+    found = {
+        'float': search_without_self(query[key], index[key], k, 'dot', same),
+        'binary': search_without_self(retrieval.binary_codes(query[key]),
+                                      retrieval.binary_codes(index[key]), k, 'hamming', same)}
+    # Across splits, queries whose label is absent from the index are left out (as the eval tool
+    # does); within one split, a query whose only match is itself counts as a miss.
+    database_labels = None if same else index[label]
+    metrics = {}
+    for kind, ids in found.items():
+      for k in e.ks:
+        metrics[f'{kind}/recall@{k}'] = retrieval.recall_at_k(
+            index[label][ids], query[label], k, database_labels)
+    return metrics
+
+  def _knn(self, params, e, cache):
+    query, index, same = self._pair(params, e, cache)
+    label = f'label/{e.label_field}'
+    return {f'{e.k}nn_accuracy': knn_accuracy(query['pooled'], query[label], index['pooled'],
+                                              index[label], e.k, same)}

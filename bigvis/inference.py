@@ -1,0 +1,72 @@
+"""Sharded inference over a split, in record order: pooled trunk features and every head's output.
+
+Shared by the evaluators that run during training and by tools/embed.py. Each process reads its
+slice of the records (padded to full batches); the outputs are gathered on every process, the
+padding dropped, and the rows sorted by record number.
+
+Result keys: 'index' int64 [N] (record number in the split's shards), 'pooled' [N, F],
+'embedding/<task>' [N, D] (embedding heads), 'logits/<task>' [N, C] (other heads),
+'label/<field>' for each requested label field, and 'id' str [N] when one process runs.
+"""
+import functools
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from bigvis import data, sharding
+
+
+def _predict(model, params, images):
+  outputs, intermediates = model.apply({'params': params}, images, train=False)
+  out = {'pooled': intermediates['pre_logits']}
+  for name, head_out in outputs.items():
+    if 'embedding' in head_out:
+      out[f'embedding/{name}'] = head_out['embedding']
+    else:
+      out[f'logits/{name}'] = head_out['logits']
+  return out
+
+
+class Predictor:
+  """A jitted forward pass of `model` with params laid out by `param_shardings` on `mesh`."""
+
+  def __init__(self, model, mesh, param_shardings):
+    self.batch_sharding = sharding.batch_sharding(mesh)
+    self._forward = jax.jit(functools.partial(_predict, model),
+                            in_shardings=(param_shardings, self.batch_sharding),
+                            out_shardings=self.batch_sharding)
+
+  def predict_split(self, params, paths, *, pp, labels, batch_size, desc=None, worker_count=0):
+    """Runs the model over every record of `paths`; see the module docstring for the result.
+
+    labels: field -> ('class' | 'multi_hot', num_classes), the ground truth to return beside.
+    batch_size: global; must divide over processes and the mesh's batch axes.
+    """
+    count, index = jax.process_count(), jax.process_index()
+    ds = data.make_eval_dataset(paths, pp=pp, labels=labels, batch_size=batch_size // count,
+                                process_index=index, process_count=count,
+                                with_ids=count == 1, worker_count=worker_count)
+    parts, ids = [], []
+    for batch in tqdm(ds, desc=desc, disable=index != 0 or desc is None, leave=False):
+      if count == 1:
+        ids.append(batch.pop('id'))
+      host = {'index': batch['index'], 'mask': batch['mask'],
+              **{f'label/{f}': v for f, v in batch['labels'].items()}}
+      out = self._forward(params, sharding.local_batch_to_global(batch['image'],
+                                                                 self.batch_sharding))
+      if count == 1:
+        out = jax.device_get(out)
+      else:  # Every process gets every row; host-side fields travel the same way.
+        out = multihost_utils.process_allgather(out, tiled=True)
+        host = multihost_utils.process_allgather(host, tiled=True)
+      parts.append({**out, **host})
+    if not parts:
+      raise ValueError(f'{paths[0]}...: no records to run the model on')
+    result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if ids:
+      result['id'] = np.concatenate(ids)
+    keep = result.pop('mask').astype(bool)
+    order = np.argsort(result['index'][keep], kind='stable')
+    return {k: np.asarray(v)[keep][order] for k, v in result.items()}

@@ -1,0 +1,129 @@
+"""Embeds one split of a corpus with a trained bigvis run: embeddings, binary codes, pooled
+features, head predictions and ground truth, saved with the record ids in one .npz.
+
+  python tools/embed.py --workdir runs/finetune --split test_query --out runs/finetune/q.npz
+  python tools/embed.py --workdir runs/finetune --split test_index --out runs/finetune/db.npz \\
+      --corpus runs/data/emoji --step 400 --batch_size 256
+
+The run's config.json gives the model; its latest checkpoint (or --step) the params. Inference is
+sharded over every local device (set XLA_FLAGS=--xla_force_host_platform_device_count=N on a CPU)
+and batched, with a progress bar. Output keys: see bigvis/retrieval.py (load_embeddings).
+Then: tools/build_index.py and tools/eval_retrieval.py.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bigvis import config as config_lib, corpora, data, heads, inference  # noqa: E402
+from bigvis import pretrained, records, retrieval, sharding  # noqa: E402
+
+
+def load_run(workdir):
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: not found; --workdir must be a bigvis training run')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def default_pp(config):
+  """The run's evaluation preprocessing (from its evaluators), else one derived from training's."""
+  for e in config.get('evals', {}).values():
+    if e.pp:
+      return e.pp
+  raise ValueError('the run has no evaluator with a pp to copy; pass --pp, e.g. '
+                   "'decode|resize(224)|value_range(-1,1)'")
+
+
+def class_fields(corpus, config):
+  """Integer ground-truth fields to save as label/<field>: those the corpus card names classes
+  for, or, for a corpus without a card, those the run's class tasks trained on."""
+  if not os.path.exists(os.path.join(corpus, corpora.writer.CARD_JSON)):
+    return {t.label_field: ('class', t.num_classes) for t in config.tasks.values()
+            if t.head != 'multilabel'}
+  card = corpora.read_card(corpus)
+  kinds = card.get('fields', {}).get('labels', {})
+  return {f: ('class', len(names)) for f, names in card.get('label_names', {}).items()
+          if kinds.get(f, {}).get('kind') == 'int'}
+
+
+def embed(workdir, corpus, split, *, step=None, task=None, pp=None, batch_size=256):
+  """Returns (arrays, meta) as tools/embed.py saves them."""
+  config = load_run(workdir)
+  corpus = corpus or config.input.data_dir
+  embedding_tasks = [n for n, t in config.tasks.items() if t.head == 'embedding']
+  task = task or (embedding_tasks[0] if len(embedding_tasks) == 1 else None)
+  if task not in embedding_tasks:
+    raise ValueError(f'--task {task!r}: the run\'s embedding tasks are {embedding_tasks}')
+  pp = pp or default_pp(config)
+  paths = records.shard_paths(corpus, split)
+  labels = class_fields(corpus, config)
+
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(
+      dict(data=-1, fsdp=config.mesh.fsdp, model=config.mesh.model)))
+  model = heads.build_model(config)
+  example = next(iter(data.make_eval_dataset(paths, pp=pp, labels={}, batch_size=1)))
+  fresh = jax.jit(model.init, static_argnames='train')(
+      jax.random.key(0), jnp.asarray(example['image']), train=False)['params']
+  checkpoint = os.path.join(workdir, 'checkpoints', str(step)) if step is not None else workdir
+  params = pretrained.load(jax.device_get(fresh), checkpoint, skip=r'^$')
+  shardings = sharding.tree_shardings(params, mesh, config.sharding)
+  params = jax.device_put(params, shardings)
+
+  start = time.perf_counter()
+  out = inference.Predictor(model, mesh, shardings).predict_split(
+      params, paths, pp=pp, labels=labels, batch_size=batch_size, desc=f'embed {split}')
+  seconds = time.perf_counter() - start
+  embedding = out[f'embedding/{task}'].astype(np.float32)
+  arrays = {'id': out['id'], 'index': out['index'].astype(np.int64), 'embedding': embedding,
+            'codes': retrieval.binary_codes(embedding), 'pooled': out['pooled'].astype(np.float32)}
+  arrays.update({k: v.astype(np.int32) for k, v in out.items() if k.startswith('label/')})
+  for name, t in config.tasks.items():
+    if t.head == 'classifier':
+      arrays[f'pred/{name}'] = out[f'logits/{name}'].argmax(-1).astype(np.int32)
+  meta = {'corpus': os.path.abspath(corpus), 'split': split, 'checkpoint': os.path.abspath(checkpoint),
+          'step': int(_restored_step(workdir, step)), 'task': task, 'pp': pp,
+          'images_per_second': len(embedding) / seconds}
+  return arrays, meta
+
+
+def _restored_step(workdir, step):
+  if step is not None:
+    return step
+  steps = [int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()]
+  return max(steps)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('--workdir', required=True, help='a bigvis training run (config.json, checkpoints/)')
+  p.add_argument('--split', required=True, help='split name, e.g. test_query')
+  p.add_argument('--out', required=True, help='output .npz')
+  p.add_argument('--corpus', default='', help="corpus folder (default: the run's input.data_dir)")
+  p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
+  p.add_argument('--task', default=None, help='embedding task (default: the only one)')
+  p.add_argument('--pp', default=None, help="preprocessing (default: the run's eval pp)")
+  p.add_argument('--batch_size', type=int, default=256)
+  a = p.parse_args(argv)
+  try:
+    arrays, meta = embed(a.workdir, a.corpus, a.split, step=a.step, task=a.task, pp=a.pp,
+                         batch_size=a.batch_size)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    retrieval.save_embeddings(a.out, arrays, meta)
+  except (OSError, ValueError, config_lib.ConfigError, records.RecordError) as e:
+    sys.exit(f'embed.py: error: {e}')
+  print(json.dumps({'out': a.out, 'records': len(arrays['id']),
+                    'dim': int(arrays['embedding'].shape[1]), **meta}, indent=1))
+
+
+if __name__ == '__main__':
+  main()
