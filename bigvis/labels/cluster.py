@@ -1,4 +1,4 @@
-"""Label clusters from the corpus itself: co-occurrence -> PPMI -> truncated SVD -> k-means.
+"""Label clusters: label embeddings (corpus co-occurrence, label text, or both) -> k-means.
 
 Co-occurrence counts are pairs (i <= j) of vocabulary ids that share a record,
 kept as sorted int64 keys i * 2**32 + j with counts, so partial counts from any
@@ -6,9 +6,17 @@ number of workers merge exactly (integer sums in any order).
 
 Embedding (Levy, Goldberg & Dagan 2015): PPMI of the label-label matrix (diagonal
 dropped) with context-distribution smoothing 0.75, then a rank-`embed_dim` SVD,
-rows U * sqrt(S), L2-normalized so k-means groups by direction (cosine). The
-alternative of embedding label text with a sentence model from a package is
-not done here. k-means is sklearn's, seeded (random_state=cfg.seed, n_init=4).
+rows U * sqrt(S), L2-normalized so k-means groups by direction (cosine).
+
+`cfg.label_embeddings` picks what k-means sees (`label_vectors`, the one code
+path of both runners): 'cooccurrence' (default) the PPMI-SVD rows above;
+'text_model' the all-MiniLM-L6-v2 sentence embedding of each label string
+(`text_model.embed_texts`; unit length, 384-d; English-centred, so labels in
+other languages embed less well); 'both' the two concatenated, each unit-length
+and scaled by 1/sqrt(2), so squared distances are the mean of the two spaces'
+and neither dominates by dimension (a label with no co-occurrence keeps only
+its text half). bench/label_embeddings.py measures which serves better.
+k-means is sklearn's, seeded (random_state=cfg.seed, n_init=4).
 Cluster ids are ordered by the summed df of their members (0 = largest); a
 cluster's name is its three most frequent members joined by ' / '.
 """
@@ -116,6 +124,21 @@ def embed(cooc: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
   return np.divide(u, norm, out=np.zeros_like(u), where=norm > 0)
 
 
+def label_vectors(pairs: tuple[np.ndarray, np.ndarray], vocab: Vocab,
+                  cfg: MinerConfig) -> np.ndarray:
+  """The [n, d] float rows k-means clusters, per `cfg.label_embeddings` (see the module doc)."""
+  n = len(vocab.labels)
+  parts = []
+  if cfg.label_embeddings in ("cooccurrence", "both"):
+    parts.append(embed(cooccurrence(pairs, n), cfg.embed_dim, cfg.seed))
+  if cfg.label_embeddings in ("text_model", "both"):
+    from bigvis.labels import text_model  # lazily: jax and 90 MB of weights, only when asked
+    parts.append(text_model.embed_texts(list(vocab.labels)).astype(np.float64))
+  if len(parts) == 1:
+    return parts[0]
+  return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
+
+
 @dataclasses.dataclass(frozen=True)
 class Clusters:
   assign: tuple[int, ...]          # cluster id per cluster-vocabulary label
@@ -131,12 +154,12 @@ class Clusters:
 
 
 def fit(pairs: tuple[np.ndarray, np.ndarray], vocab: Vocab, cfg: MinerConfig) -> Clusters:
-  """Clusters of the vocabulary from its co-occurrence pair counts."""
+  """Clusters of the vocabulary from its co-occurrence pair counts and/or its label text."""
   n = len(vocab.labels)
   if n == 0:
     return Clusters((), (), ())
   k = min(cfg.clusters, n)
-  x = embed(cooccurrence(pairs, n), cfg.embed_dim, cfg.seed)
+  x = label_vectors(pairs, vocab, cfg)
   if k == n:
     raw = np.arange(n)
   else:

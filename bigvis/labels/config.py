@@ -20,6 +20,12 @@ DEFAULT_WEIGHTS = (
 )
 
 
+# Label embeddings k-means clusters (bigvis/labels/cluster.py): PPMI-SVD of the corpus's own
+# label co-occurrence; all-MiniLM-L6-v2 sentence embeddings of the label text
+# (bigvis/labels/text_model.py); or both, each unit-length and scaled by 1/sqrt(2), concatenated.
+LABEL_EMBEDDINGS = ("cooccurrence", "text_model", "both")
+
+
 @dataclasses.dataclass(frozen=True)
 class MinerConfig:
   weights: tuple[tuple[str, float], ...] = DEFAULT_WEIGHTS
@@ -32,6 +38,7 @@ class MinerConfig:
   cluster_max_size: int = 20000  # labels clustered: the same ranking, a longer prefix (0 = all)
   clusters: int = 256         # K of k-means; `mined_clusters` classes
   embed_dim: int = 64         # PPMI-SVD label embedding size
+  label_embeddings: str = "cooccurrence"  # what k-means clusters: one of LABEL_EMBEDDINGS
   seed: int = 0
   exclude: tuple[str, ...] = ()  # whole labels never mined (e.g. ground-truth class names)
   fit_splits: tuple[str, ...] = ("train",)  # vocabulary and clusters come from these splits only
@@ -39,6 +46,9 @@ class MinerConfig:
   def __post_init__(self):
     if self.min_count < 1 or self.max_size < 1 or self.clusters < 1:
       raise ValueError(f"min_count, max_size and clusters must be >= 1: {self}")
+    if self.label_embeddings not in LABEL_EMBEDDINGS:
+      raise ValueError(f"label_embeddings={self.label_embeddings!r}; choose one of "
+                       f"{LABEL_EMBEDDINGS}")
     if self.cluster_max_size and self.cluster_max_size < self.max_size:
       raise ValueError(f"cluster_max_size={self.cluster_max_size} < max_size={self.max_size}")
     for name, w in self.weights:
