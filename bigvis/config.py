@@ -28,6 +28,7 @@ def task(head, label_field, num_classes=0, *, loss=None, weight=1.0, embed_dim=2
 
 
 EVAL_KINDS = ('classification', 'retrieval', 'knn')
+NONFINITE_POLICIES = ('skip', 'stop')
 
 
 def evaluator(kind, *, every_steps, split='', query_split='', index_split='', label_field='',
@@ -64,6 +65,10 @@ def defaults():
   # Peak FLOP/s of one device, for MFU. Default: the float32 jit-matmul ceiling measured on the
   # 2-core dev CPU (DESIGN.md section 4). An H100 SXM in dense bf16 is 989e12.
   c.peak_flops_per_device = 140e9
+  # A step whose loss or gradients are not finite (NaN/inf) never updates params or optimizer
+  # state. 'skip': count it (metric `nonfinite_steps`) and go on with the next batch. 'stop': end
+  # the run with an error naming the step, before any checkpoint past the last good one.
+  c.nonfinite = 'skip'
 
   c.input = ml_collections.ConfigDict(dict(
       data_dir='runs/data/shapes',  # Folder of ArrayRecord shards.
@@ -71,6 +76,11 @@ def defaults():
       pp='decode|random_resized_crop(224)|flip_lr|value_range(-1,1)',
       worker_count=0,  # Grain worker processes (0 = in the main process).
       shuffle=True,
+      # Bad records (undecodable, off-schema, label out of range) are replaced by the next good
+      # record and counted (metric `data/bad_examples`); past this fraction of the examples seen
+      # (checked from min(1000, one epoch) examples on) the run stops, naming them.
+      # 0 = the first bad record is an error.
+      max_bad_fraction=0.01,
   ))
   c.model = ml_collections.ConfigDict(dict(
       name='vit', variant='B/16', pool_type='tok', posemb='learn', dtype='float32', remat=False,
@@ -185,6 +195,11 @@ def validate(config):
   if config.batch_size % config.grad_accum_steps:
     raise ConfigError(f'batch_size={config.batch_size} is not divisible by '
                       f'grad_accum_steps={config.grad_accum_steps}')
+  if config.nonfinite not in NONFINITE_POLICIES:
+    raise ConfigError(f'nonfinite={config.nonfinite!r}; choose from {NONFINITE_POLICIES}')
+  if not 0 <= config.input.max_bad_fraction <= 1:
+    raise ConfigError(f'input.max_bad_fraction must be in [0, 1], got '
+                      f'{config.input.max_bad_fraction}')
   choices = dict(name=('adamw', 'lamb', 'sgd'), schedule=('cosine', 'linear', 'constant'),
                  decay_mask=('kernels', 'all', 'none'))
   for key, allowed in choices.items():

@@ -1,7 +1,7 @@
 """The Grain input pipeline from record shards to batches of numpy arrays.
 
-    records -> per-process slice -> shuffle (reseeded each epoch) -> repeat
-            -> decode + preprocess + targets -> batch -> [worker processes]
+    records -> shuffle (reseeded each epoch) -> repeat -> decode + preprocess
+            + targets -> batch -> this process's batches -> [worker processes]
 
 Everything up to the batch is a random-access `grain.MapDataset`, so a batch's
 content depends only on (paths, seed, batch position), never on the number of
@@ -12,7 +12,19 @@ with the same arguments, worker_count included (its layout differs with workers)
 
 Batches: {'image': float32 [B, H, W, 3],
           'labels': {field: int32 [B] ('class') | float32 [B, N] ('multi_hot')},
-          'index': int64 [B]}   # global record number in `paths`, for checks and evals
+          'index': int64 [B],      # global record number in `paths`, for checks and evals
+          'bad_index': int64 [B]}  # -1, or the bad record this example stands in for
+
+Bad records (bytes that are not a msgpack record, a record that breaks the
+schema, an image that does not decode or preprocess, a label out of range)
+raise `records.RecordError` naming the record by default. With
+`bad_records='replace'` a bad record is replaced by the next good record in
+record order (wrapping around; at most `REPLACEMENT_SEARCH` records are tried,
+then it raises), augmented with its own rng, and 'bad_index' names the bad one:
+batches stay full, and since the replacement is a function of the stream
+position alone they stay independent of worker count and resume exactly. The
+trainer counts them and stops past `input.max_bad_fraction`; `RecordChecker`
+says what is wrong with one record, for messages.
 
 `make_mixture` mixes several sources (corpora, or one corpus with different
 labels or pp) with weights. `grain.MapDataset.mix` interleaves the sources'
@@ -46,10 +58,17 @@ import grain
 import numpy as np
 from absl import flags
 from array_record.python import array_record_module
+from PIL import Image
 
 from bigvis import preprocess, records
 
 LABEL_KINDS = ("class", "multi_hot")
+BAD_RECORD_POLICIES = ("raise", "replace")
+# A bad record's replacement is the first good one among the next REPLACEMENT_SEARCH records: a
+# run of that many bad records in a row is not "a few bad records" and fails loudly.
+REPLACEMENT_SEARCH = 64
+# What damaged image bytes raise in PIL (a truncated PNG gives OSError) and pp ops on odd images.
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -100,27 +119,28 @@ def _target(value, kind: str, num_classes: int, where: str, field: str) -> np.nd
 
 
 class _Example:
-  """(stream position, (record number, raw bytes)) -> one preprocessed example."""
+  """(stream position, (record number, raw bytes)) -> one preprocessed example.
 
-  def __init__(self, pp: str, labels, seed: int, epoch_len: int, locator: _Locator,
-               with_id: bool = False):
+  bad_records='replace': a bad record gives the next good record in record order instead, and
+  'bad_index' names the bad one (see the module docstring).
+  """
+
+  def __init__(self, pp: str, labels, seed: int, epoch_len: int, locator: _Locator, source,
+               with_id: bool = False, bad_records: str = "raise"):
     self.pp_string, self.pp = pp, preprocess.parse(pp)
     self.labels, self.seed, self.epoch_len, self.locator = labels, seed, epoch_len, locator
-    self.with_id = with_id
+    self.source, self.with_id, self.bad_records = source, with_id, bad_records
 
-  def __call__(self, position: int, item: tuple[int, bytes]) -> dict:
-    index, raw = item
+  def decode(self, index: int, raw: bytes, rng: np.random.Generator) -> dict:
+    """One record -> example; raises records.RecordError naming it if it is bad."""
     where = self.locator(index)
     record = records.decode(raw, where)
-    # The augmentation rng depends on the record and the epoch only, so results do
-    # not change with worker count, batch size or where a resumed run restarted.
-    epoch = position // self.epoch_len
-    rng = np.random.default_rng([self.seed, index, epoch])
     try:
       image = self.pp({"image": record.image}, rng)["image"]
-    except (OSError, ValueError) as e:  # e.g. a truncated PNG: name the record, not just PIL's words
+    except _IMAGE_ERRORS as e:  # e.g. a truncated PNG: name the record, not just PIL's words
       raise records.RecordError(
-          f"{where} (id {record.id!r}): field 'image': pp {self.pp_string!r} failed: {e}") from e
+          f"{where} (id {record.id!r}): field 'image': pp {self.pp_string!r} failed: "
+          f"{type(e).__name__}: {e}") from e
     if not (isinstance(image, np.ndarray) and image.dtype == np.float32 and image.ndim == 3):
       raise ValueError(f"pp {self.pp_string!r} must yield float32 [H, W, C] images (end it with "
                        f"value_range or normalize); got {getattr(image, 'dtype', type(image))}")
@@ -135,6 +155,31 @@ class _Example:
       example["id"] = np.str_(record.id)
     return example
 
+  def __call__(self, position: int, item: tuple[int, bytes]) -> dict:
+    index, raw = item
+    # The augmentation rng depends on the record and the epoch only, so results do not change
+    # with worker count, batch size or where a resumed run restarted.
+    epoch = position // self.epoch_len
+    try:
+      return {**self.decode(index, raw, np.random.default_rng([self.seed, index, epoch])),
+              "bad_index": np.int64(-1)}
+    except records.RecordError as e:
+      if self.bad_records == "raise":
+        raise
+      error = e
+    num_records = len(self.source)
+    tries = min(REPLACEMENT_SEARCH, num_records - 1)
+    for k in range(1, tries + 1):
+      other = (index + k) % num_records
+      # Its own rng (the bad record's, plus k): not a copy of the replacement's own example.
+      rng = np.random.default_rng([self.seed, index, epoch, k])
+      try:
+        return {**self.decode(other, self.source[other], rng), "bad_index": np.int64(index)}
+      except records.RecordError:
+        continue
+    raise records.RecordError(f"{error}; and none of the next {tries} records is good enough to "
+                              "replace it") from error
+
 
 def _check_labels(labels, where: str) -> None:
   for field, spec in labels.items():
@@ -145,10 +190,13 @@ def _check_labels(labels, where: str) -> None:
 
 def _examples(paths, *, pp: str, labels, seed: int, shuffle: bool, num_epochs: int | None,
               process_index: int, process_count: int, with_id: bool = False,
-              allow_empty: bool = False, where: str = "") -> grain.MapDataset:
+              allow_empty: bool = False, where: str = "",
+              bad_records: str = "raise") -> grain.MapDataset:
   """This process's records -> (shuffle, repeat) -> preprocessed examples, unbatched."""
   if not paths:
     raise ValueError(f"{where}no shard paths given")
+  if bad_records not in BAD_RECORD_POLICIES:
+    raise ValueError(f"{where}bad_records={bad_records!r}; choose from {BAD_RECORD_POLICIES}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   _check_labels(labels, where)
@@ -165,12 +213,15 @@ def _examples(paths, *, pp: str, labels, seed: int, shuffle: bool, num_epochs: i
   if num_epochs != 1:  # repeat(1) is a no-op, and would reject an empty slice
     ds = ds.repeat(num_epochs)
   return ds.map_with_index(_Example(pp, dict(labels), seed, max(epoch_len, 1), _Locator(paths),
-                                    with_id))
+                                    source, with_id, bad_records))
 
 
 def _batches(ds: grain.MapDataset, *, batch_size: int, drop_remainder: bool, read_threads: int,
-             worker_count: int) -> grain.IterDataset:
+             worker_count: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """Batches of `ds`; with process_count > 1, this process's share: batches p, p+P, p+2P, ..."""
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if process_count > 1:
+    ds = ds[process_index::process_count]
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                prefetch_buffer_size=read_threads))
   if worker_count > 0:
@@ -182,7 +233,8 @@ def _batches(ds: grain.MapDataset, *, batch_size: int, drop_remainder: bool, rea
 def make_dataset(paths: list[str], *, pp: str, labels: dict[str, tuple[str, int]], batch_size: int,
                  seed: int, shuffle: bool = True, num_epochs: int | None = None,
                  process_index: int = 0, process_count: int = 1, worker_count: int = 0,
-                 drop_remainder: bool = True, read_threads: int = 2) -> grain.IterDataset:
+                 drop_remainder: bool = True, read_threads: int = 2,
+                 bad_records: str = "raise") -> grain.IterDataset:
   """Batches from ArrayRecord shards of `bigvis.records`; see the module docstring.
 
   Args:
@@ -191,15 +243,24 @@ def make_dataset(paths: list[str], *, pp: str, labels: dict[str, tuple[str, int]
     labels: record label field -> ('class', num_classes) or ('multi_hot', num_classes).
     seed: shuffle seed and root of every per-example augmentation rng.
     num_epochs: None repeats forever.
-    process_index, process_count: this host gets records process_index::process_count.
+    batch_size: per process (the global batch over process_count).
+    process_index, process_count: every process follows the same shuffled stream of all
+      records and reads batches process_index, +process_count, ... of it. Global batch j (the
+      processes' j-th batches side by side, in process order) is then the same records for any
+      number of processes: a 2-host run trains on exactly the batches of a 1-host run.
     worker_count: worker processes (0: decode in this process's threads).
     read_threads: threads per process computing batches ahead (each holds one batch).
+    bad_records: 'raise' (a RecordError naming the record) or 'replace' (by the next good
+      record; 'bad_index' marks it).
   """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   ds = _examples(paths, pp=pp, labels=labels, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                 process_index=process_index, process_count=process_count,
-                 where="make_dataset: ")
+                 process_index=0, process_count=1, where="make_dataset: ",
+                 bad_records=bad_records)
   return _batches(ds, batch_size=batch_size, drop_remainder=drop_remainder,
-                  read_threads=read_threads, worker_count=worker_count)
+                  read_threads=read_threads, worker_count=worker_count,
+                  process_index=process_index, process_count=process_count)
 
 
 _SOURCE_KEYS = frozenset({"paths", "weight", "pp", "labels"})
@@ -223,8 +284,8 @@ class _Tagged:
 
 
 def make_mixture(sources: list[dict], *, batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, worker_count: int = 0,
-                 read_threads: int = 2) -> grain.IterDataset:
+                 process_count: int = 1, worker_count: int = 0, read_threads: int = 2,
+                 bad_records: str = "raise") -> grain.IterDataset:
   """Endless shuffled batches mixing `sources` in proportion to their weights.
 
   Args:
@@ -234,7 +295,8 @@ def make_mixture(sources: list[dict], *, batch_size: int, seed: int, process_ind
     seed: root of each source's shuffle and augmentation seeds (one per source position).
     Other arguments: as in `make_dataset`.
 
-  Batches: see the module docstring ('source', 'label_mask').
+  Batches: see the module docstring ('source', 'label_mask'); a 'bad_index' is a record number
+  in the paths of its example's 'source'.
   """
   if not sources:
     raise ValueError("make_mixture: no sources given")
@@ -256,7 +318,7 @@ def make_mixture(sources: list[dict], *, batch_size: int, seed: int, process_ind
     src_seed = int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
     ds = _examples(src["paths"], pp=src["pp"], labels=src["labels"], seed=src_seed, shuffle=True,
                    num_epochs=None, process_index=process_index, process_count=process_count,
-                   where=f"make_mixture: sources[{n}]: ")
+                   where=f"make_mixture: sources[{n}]: ", bad_records=bad_records)
     parts.append(ds.map(_Tagged(n, fields, set(src["labels"]))))
   # One example per source now, so differing pp output shapes fail here, not in batch().
   shapes = [part[0]["image"].shape for part in parts]
@@ -272,6 +334,13 @@ def _zeros_like(tree):
   if isinstance(tree, dict):
     return {k: _zeros_like(v) for k, v in tree.items()}
   return np.zeros_like(tree)
+
+
+def _real(example: dict) -> dict:
+  """An eval example: marked real, without 'bad_index' (evaluation raises on bad records)."""
+  out = {k: v for k, v in example.items() if k != "bad_index"}
+  out["mask"] = np.True_
+  return out
 
 
 class _Pad:
@@ -291,6 +360,8 @@ def make_eval_dataset(paths: list[str], *, pp: str, labels: dict[str, tuple[str,
   Every process yields ceil(ceil(len / process_count) / batch_size) batches (a
   process with fewer records pads more), so a sharded eval step never waits on a
   process that ran out. Count, average and gather only where 'mask' is True.
+  A bad record raises records.RecordError naming it: an evaluation never scores a
+  stand-in in its place (and so its batches have no 'bad_index').
 
   Args:
     with_ids: add the record ids as 'id', a numpy str array; pop it before
@@ -303,15 +374,45 @@ def make_eval_dataset(paths: list[str], *, pp: str, labels: dict[str, tuple[str,
   num_records = len(grain.sources.ArrayRecordDataSource(list(paths)))
   per_process = -(-num_records // process_count)
   total = -(-per_process // batch_size) * batch_size
-  ds = ds.map(lambda example: {**example, "mask": np.True_})
+  ds = ds.map(_real)
   if total > len(ds):
     # The padding looks like record 0 zeroed out, so batches keep one structure.
     first = _examples(paths, pp=pp, labels=labels, seed=0, shuffle=False, num_epochs=1,
                       process_index=0, process_count=1, with_id=with_ids)[0]
-    template = {**_zeros_like(first), "index": np.int64(-1), "mask": np.False_}
+    template = {**_zeros_like(_real(first)), "index": np.int64(-1), "mask": np.False_}
     if with_ids:
       template["id"] = np.str_("")
     pads = grain.MapDataset.range(total - len(ds)).map(_Pad(template))
     ds = grain.MapDataset.concatenate([ds, pads]) if len(ds) else pads
   return _batches(ds, batch_size=batch_size, drop_remainder=True, read_threads=read_threads,
                   worker_count=worker_count)
+
+
+class RecordChecker:
+  """Says what is wrong with one record, by decoding it on the host as the pipeline does.
+
+  For messages about records that `bad_records='replace'` stepped over: their batches carry only
+  the record number. The check preprocesses with the first epoch's rng, so a failure that depends
+  on the augmentation draw may not show again (`problem` then returns None).
+  """
+
+  def __init__(self, paths: list[str], *, pp: str, labels: dict[str, tuple[str, int]],
+               seed: int = 0):
+    _check_labels(labels, "RecordChecker: ")
+    self.source = grain.sources.ArrayRecordDataSource(list(paths))
+    self.num_records = len(self.source)
+    self.seed = seed
+    self._example = _Example(pp, dict(labels), seed, 1, _Locator(paths), self.source)
+
+  def where(self, index: int) -> str:
+    """'PATH record N' of a global record number."""
+    return self._example.locator(index)
+
+  def problem(self, index: int) -> str | None:
+    """'PATH record N (id ...): field ...: what is wrong', or None for a good record."""
+    try:
+      self._example.decode(index, self.source[index],
+                           np.random.default_rng([self.seed, index, 0]))
+    except records.RecordError as e:
+      return str(e)
+    return None

@@ -5,6 +5,7 @@ checkpoint is resumed exactly (params, optimizer, step and data position).
 """
 import functools
 import logging as pylogging
+import math
 import os
 import signal
 import threading
@@ -27,7 +28,14 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder: checkpoints/, metri
 
 
 def make_train_step(model, config, tx, lr_fn):
-  """The jitted-to-be step: (state, batch) -> (state, metrics), with gradient accumulation."""
+  """The jitted-to-be step: (state, batch) -> (state, metrics), with gradient accumulation.
+
+  A step whose loss or gradient norm is not finite leaves params and optimizer state as they were
+  (the step counter still advances, so the data moves on); metrics 'nonfinite' is 1 on such a step.
+  The counters a state may carry (the trainer's does) add up across steps and resumes:
+  'nonfinite_steps', and 'bad_examples' (the sum of the batch's optional 'bad', 1 where the
+  pipeline replaced a bad record); both are also in the metrics.
+  """
   tasks = config.tasks
   accum = config.grad_accum_steps
   base_key = jax.random.key(config.seed)
@@ -42,6 +50,8 @@ def make_train_step(model, config, tx, lr_fn):
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step_fn(state, batch):
+    bad = batch.get('bad')
+    batch = {k: v for k, v in batch.items() if k != 'bad'}
     rng = jax.random.fold_in(base_key, state['step'])
     if accum == 1:
       (loss, parts), grads = grad_fn(state['params'], batch, rng)
@@ -64,10 +74,26 @@ def make_train_step(model, config, tx, lr_fn):
       frozen = state['step'] < config.freeze_trunk_steps
       updates = dict(updates, trunk=jax.tree.map(lambda u: jnp.where(frozen, 0, u),
                                                  updates['trunk']))
-    new_state = dict(step=state['step'] + 1, params=optax.apply_updates(state['params'], updates),
-                     opt_state=opt_state)
-    out = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': lr_fn(state['step'])}
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def if_finite(new, old):  # A non-finite step changes nothing but the step and the counters.
+      return jnp.where(finite, new, old)
+
+    new_state = dict(
+        step=state['step'] + 1,
+        params=jax.tree.map(if_finite, optax.apply_updates(state['params'], updates),
+                            state['params']),
+        opt_state=jax.tree.map(if_finite, opt_state, state['opt_state']))
+    out = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': lr_fn(state['step']),
+           'nonfinite': (~finite).astype(jnp.int32)}
     out.update({f'loss/{name}': v for name, v in parts.items()})
+    if 'nonfinite_steps' in state:
+      new_state['nonfinite_steps'] = out['nonfinite_steps'] = (
+          state['nonfinite_steps'] + out['nonfinite'])
+    if 'bad_examples' in state:
+      new_bad = 0 if bad is None else jnp.sum(bad, dtype=jnp.int32)
+      new_state['bad_examples'] = out['data/bad_examples'] = state['bad_examples'] + new_bad
     return new_state, out
 
   return step_fn
@@ -84,6 +110,75 @@ class _StopOnSigterm:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+class DataQualityError(ValueError):
+  """More bad records than config.input.max_bad_fraction allows; the message names some."""
+
+
+class NonFiniteError(FloatingPointError):
+  """config.nonfinite='stop' and a step's loss or gradients were not finite."""
+
+
+# The bad fraction is judged from this many examples on (or one epoch, if that is shorter), so
+# that a few bad records early in a run do not stop it.
+MIN_EXAMPLES_FOR_BAD_FRACTION = 1000
+_BAD_RECORDS_NAMED = 5
+
+
+class _FaultWatch:
+  """The host side of `nonfinite` and `input.max_bad_fraction`.
+
+  Both counters live in the train state on the devices (global over processes, restored with a
+  checkpoint), so every process stops at the same step. The host reads them only at log steps and
+  before each checkpoint save (`check`), never once per step; it names the first few bad records
+  that this process's batches replaced, re-decoding them to say what is wrong.
+  """
+
+  def __init__(self, config, checker, latest_checkpoint):
+    self.policy, self.max_bad = config.nonfinite, config.input.max_bad_fraction
+    self.batch_size, self.checker = config.batch_size, checker
+    self.min_seen = min(MIN_EXAMPLES_FOR_BAD_FRACTION, checker.num_records)
+    self.latest_checkpoint = latest_checkpoint
+    self.first_bad = {}  # Record number -> what is wrong with it.
+    self.pending = []  # (step, a few of its metrics, still on the devices) since the last check.
+
+  def after_step(self, step, bad_index, step_metrics):
+    for index in bad_index[bad_index >= 0][:_BAD_RECORDS_NAMED]:  # Host numpy: no device sync.
+      if len(self.first_bad) < _BAD_RECORDS_NAMED and int(index) not in self.first_bad:
+        why = self.checker.problem(int(index)) or (
+            f'{self.checker.where(int(index))}: failed in the input pipeline, but not when '
+            'checked again (an augmentation-dependent failure?)')
+        self.first_bad[int(index)] = why
+        logging.warning('step %d: bad record replaced by the next good one: %s', step, why)
+    self.pending.append((step, {k: step_metrics[k] for k in (
+        'nonfinite', 'loss', 'grad_norm', 'data/bad_examples')}))
+
+  def check(self, step):
+    """Raises NonFiniteError or DataQualityError if a policy says the run must stop."""
+    if not self.pending:
+      return
+    pending, self.pending = jax.device_get(self.pending), []
+    skipped = [(s, m) for s, m in pending if m['nonfinite']]
+    if skipped and self.policy == 'stop':
+      s, m = skipped[0]
+      raise NonFiniteError(
+          f'step {s}: non-finite loss ({m["loss"]}) or gradient norm ({m["grad_norm"]}); its '
+          f"update was not applied, and nonfinite='stop' ends the run before any later "
+          f'checkpoint (latest: step {self.latest_checkpoint()}). Lower optimizer.lr, raise '
+          f"optimizer.warmup_steps or check the data; nonfinite='skip' steps over such batches.")
+    if skipped:
+      logging.warning('non-finite loss or gradients at step(s) %s: updates skipped',
+                      [s for s, _ in skipped])
+    bad, seen = int(pending[-1][1]['data/bad_examples']), step * self.batch_size
+    if seen >= self.min_seen and bad > self.max_bad * seen:
+      named = ''.join(f'\n  {why}' for why in self.first_bad.values())
+      raise DataQualityError(
+          f'step {step}: {bad} of {seen} training examples ({bad / seen:.2%}) were bad records '
+          f'(each replaced by the next good record), more than input.max_bad_fraction='
+          f'{self.max_bad}. Checkpoints so far are kept. Fix or remove the records, or raise '
+          f'input.max_bad_fraction. The first bad records this process read:'
+          + (named or ' none (the others read them)'))
+
+
 def train(config, workdir):
   """Trains `config` in `workdir`; returns the final state (a pytree of global jax.Arrays)."""
   config_lib.validate(config)  # Typos fail here, before any data is read or anything compiles.
@@ -91,7 +186,9 @@ def train(config, workdir):
   process_index, process_count = distributed.initialize()
   mesh = sharding.make_mesh(config.mesh)
   os.makedirs(workdir, exist_ok=True)
-  if config.batch_size % (process_count * mesh.shape['data'] * mesh.shape['fsdp']):
+  # The batch axes span every process's devices: the global batch divides over them, and each
+  # process feeds its equal share.
+  if config.batch_size % math.lcm(process_count, mesh.shape['data'] * mesh.shape['fsdp']):
     raise config_lib.ConfigError(
         f'batch_size={config.batch_size} must divide over {process_count} processes and the '
         f'data*fsdp={mesh.shape["data"] * mesh.shape["fsdp"]} mesh axes')
@@ -109,7 +206,10 @@ def train(config, workdir):
   make_ds = functools.partial(
       data.make_dataset, paths, pp=config.input.pp, labels=config_lib.label_specs(config),
       seed=config.seed, shuffle=config.input.shuffle, process_index=process_index,
-      process_count=process_count)
+      process_count=process_count,
+      bad_records='replace' if config.input.max_bad_fraction > 0 else 'raise')
+  checker = data.RecordChecker(paths, pp=config.input.pp, labels=config_lib.label_specs(config),
+                               seed=config.seed)
   if process_index == 0:  # The resolved config, class counts included.
     fileio.write_text_atomic(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
   example = next(iter(make_ds(batch_size=1, worker_count=0)))  # Input shapes for init.
@@ -121,7 +221,9 @@ def train(config, workdir):
   tx, lr_fn = optim.make_optimizer(config.optimizer, config.total_steps)
 
   def state_from(params):
-    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    zero = jnp.zeros((), jnp.int32)  # Counters: see make_train_step.
+    return dict(step=zero, params=params, opt_state=tx.init(params), nonfinite_steps=zero,
+                bad_examples=zero)
 
   def init(rng):
     return state_from(model.init(rng, jnp.asarray(example['image']), train=False)['params'])
@@ -136,11 +238,9 @@ def train(config, workdir):
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                  every=config.checkpoint_every_steps, keep=config.keep_checkpoints,
                                  async_save=config.async_checkpointing)
-  start = ckpt.latest_step()
-  if start is not None:
-    state = ckpt.restore(start, checkpoint.abstract_with_shardings(abstract, state_shardings),
-                         train_iter)
-  else:
+  start, state = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract, state_shardings),
+                                     train_iter)  # Unreadable steps are moved aside, with a warning.
+  if start is None:
     start = 0
     state = jax.jit(init, out_shardings=state_shardings)(jax.random.key(config.seed))
     if config.init.path:  # Fine-tuning: pretrained weights, fresh heads and optimizer.
@@ -170,13 +270,17 @@ def train(config, workdir):
   bar = tqdm(total=config.total_steps, initial=start, disable=process_index != 0,
              dynamic_ncols=True, desc='train')
   timer_start, timed_steps = None, 0
+  watch = _FaultWatch(config, checker, ckpt.latest_step)
   step = start
   try:
     while step < config.total_steps:
       batch = next(train_iter)
-      batch = {'image': batch['image'], 'labels': batch['labels']}
+      bad_index = batch['bad_index']
+      batch = {'image': batch['image'], 'labels': batch['labels'],
+               'bad': (bad_index >= 0).astype(np.int32)}
       state, step_metrics = step_fn(state, sharding.local_batch_to_global(batch, batch_sharding))
       step += 1
+      watch.after_step(step, bad_index, step_metrics)
       bar.update(1)
       if timer_start is None:  # The first step compiles: time from its end.
         jax.block_until_ready(step_metrics)
@@ -196,6 +300,7 @@ def train(config, workdir):
         writer.write(step, scalars)
         bar.set_postfix(loss=f'{scalars["loss"]:.4f}')
         timer_start, timed_steps = time.perf_counter(), 0
+        watch.check(step)
       if evals.due(step):
         eval_start = time.perf_counter()
         scalars = evals.run(state['params'], step)
@@ -204,6 +309,8 @@ def train(config, workdir):
         logging.info('step %d: %s', step, ', '.join(f'{k}={v:.4g}' for k, v in scalars.items()))
         timer_start, timed_steps = time.perf_counter(), 0  # Throughput excludes eval pauses.
       preempted = stopper.event.is_set() if stopper else ckpt.manager.reached_preemption(step)
+      if preempted or step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+        watch.check(step)  # Before a save: a checkpoint never holds a run that must stop.
       ckpt.save(step, state, train_iter, force=preempted or step == config.total_steps)
       if preempted:
         logging.warning('Preempted at step %d: checkpoint saved, exiting.', step)
@@ -241,7 +348,8 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   try:
     train(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, records.RecordError, FileNotFoundError) as e:
+  except (config_lib.ConfigError, records.RecordError, FileNotFoundError, DataQualityError,
+          NonFiniteError, checkpoint.CheckpointError) as e:
     raise app.UsageError(str(e)) from e  # The message that names the key, file or record.
 
 

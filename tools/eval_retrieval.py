@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import sys
+import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -116,6 +117,13 @@ class _Images:
     return str(label)
 
 
+def _caption(text: str, width: int = 26) -> str:
+  """At most two short lines of printable text: class names may hold emoji or other glyphs the
+  plot font lacks (drawn as boxes), and long names would run into the next panel."""
+  text = "".join(ch for ch in text if ch.isascii() and ch.isprintable())
+  return "\n".join(textwrap.wrap(text, width, max_lines=2, placeholder="..."))
+
+
 def examples_figure(path, queries, database, q_path, db_path, label, ids, rows) -> list[dict]:
   """Writes `path`: each chosen query, then its top results; borders green if relevant.
 
@@ -142,7 +150,7 @@ def examples_figure(path, queries, database, q_path, db_path, label, ids, rows) 
     for spine in ax.spines.values():
       spine.set_color(color)
       spine.set_linewidth(4)
-    ax.set_title(title, fontsize=7)
+    ax.set_title(_caption(title), fontsize=6)
 
   drawn = []
   for r, q in enumerate(tqdm(rows, desc="examples", disable=not sys.stderr.isatty())):
