@@ -38,8 +38,10 @@ class Predictor:
                             in_shardings=(param_shardings, self.batch_sharding),
                             out_shardings=self.batch_sharding)
 
-  def predict_split(self, params, paths, *, pp, labels, batch_size, desc=None, worker_count=0):
-    """Runs the model over every record of `paths`; see the module docstring for the result.
+  def iter_batches(self, params, paths, *, pp, labels, batch_size, desc=None, worker_count=0):
+    """Yields the outputs batch by batch as host numpy arrays, padding dropped: the module
+    docstring's keys. One process yields rows in record order; with several, each batch holds
+    every process's rows (gathered) and the order follows the processes' slices.
 
     labels: field -> ('class' | 'multi_hot', num_classes), the ground truth to return beside.
     batch_size: global; must divide over processes and the mesh's batch axes.
@@ -48,25 +50,26 @@ class Predictor:
     ds = data.make_eval_dataset(paths, pp=pp, labels=labels, batch_size=batch_size // count,
                                 process_index=index, process_count=count,
                                 with_ids=count == 1, worker_count=worker_count)
-    parts, ids = [], []
+    seen = False
     for batch in tqdm(ds, desc=desc, disable=index != 0 or desc is None, leave=False):
-      if count == 1:
-        ids.append(batch.pop('id'))
       host = {'index': batch['index'], 'mask': batch['mask'],
               **{f'label/{f}': v for f, v in batch['labels'].items()}}
       out = self._forward(params, sharding.local_batch_to_global(batch['image'],
                                                                  self.batch_sharding))
       if count == 1:
-        out = jax.device_get(out)
+        out, host['id'] = jax.device_get(out), batch['id']
       else:  # Every process gets every row; host-side fields travel the same way.
         out = multihost_utils.process_allgather(out, tiled=True)
         host = multihost_utils.process_allgather(host, tiled=True)
-      parts.append({**out, **host})
-    if not parts:
+      keep = host.pop('mask').astype(bool)
+      seen = True
+      yield {k: np.asarray(v)[keep] for k, v in {**out, **host}.items()}
+    if not seen:
       raise ValueError(f'{paths[0]}...: no records to run the model on')
+
+  def predict_split(self, params, paths, **kwargs):
+    """All of `iter_batches`' rows in one dict of arrays, sorted by record number."""
+    parts = list(self.iter_batches(params, paths, **kwargs))
     result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    if ids:
-      result['id'] = np.concatenate(ids)
-    keep = result.pop('mask').astype(bool)
-    order = np.argsort(result['index'][keep], kind='stable')
-    return {k: np.asarray(v)[keep][order] for k, v in result.items()}
+    order = np.argsort(result['index'], kind='stable')
+    return {k: v[order] for k, v in result.items()}

@@ -576,13 +576,19 @@ def _check_embeddings(arrays: dict, meta, where: str) -> None:
     if _FIELD_RE.match(key):
       check(key, np.int32, (n,))
 
+  if meta is not None:
+    _check_meta(meta, where)
+
+
+def _check_meta(meta, where: str) -> None:
   if not isinstance(meta, dict):
-    bad("meta", f"expected a JSON object, got {type(meta).__name__}")
+    raise ValueError(f"{where}: field 'meta': expected a JSON object, got {type(meta).__name__}")
   for key, kind in _EMBEDDING_META.items():
     if key not in meta:
-      bad("meta", f"lacks {key!r}")
+      raise ValueError(f"{where}: field 'meta': lacks {key!r}")
     if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
-      bad("meta", f"{key!r} must be {kind.__name__}, got {meta[key]!r}")
+      raise ValueError(f"{where}: field 'meta': {key!r} must be {kind.__name__}, got "
+                       f"{meta[key]!r}")
 
 
 def load_embeddings(path: str) -> dict:
@@ -614,22 +620,88 @@ def load_embeddings(path: str) -> dict:
   return {**arrays, "meta": meta}
 
 
+class EmbeddingsWriter:
+  """Writes an embeddings .npz batch by batch, in memory that does not grow with the row count.
+
+  Each field's rows are appended to a raw file in a temporary folder beside `path`; `close(meta)`
+  streams each into a .npy member of the .npz (stored, zip64) and renames the file into place, so
+  a reader never sees a partial file. Ids are kept one JSON string per line and widened to the
+  longest at the end. Every batch is checked as a whole file would be; ids distinct across batches
+  are checked by their hashes (8 bytes a row).
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self._dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.parts-",
+                                 dir=os.path.dirname(os.path.abspath(path)))
+    self._layout = None  # field -> (dtype, row shape), fixed by the first batch
+    self._rows, self._id_len, self._hashes = 0, 1, []
+
+  def _file(self, key: str) -> str:
+    return os.path.join(self._dir, key.replace("/", "~"))
+
+  def append(self, arrays: dict) -> None:
+    arrays = {key: np.asarray(value) for key, value in arrays.items()}
+    _check_embeddings(arrays, None, self.path)
+    layout = {k: (v.dtype, v.shape[1:]) for k, v in arrays.items() if k != "id"}
+    if self._layout is None:
+      self._layout = layout
+    elif layout != self._layout:
+      raise ValueError(f"{self.path}: a batch with fields {layout} after {self._layout}")
+    for key, x in arrays.items():
+      with open(self._file(key), "ab") as f:
+        if key == "id":
+          f.write("".join(json.dumps(str(i)) + "\n" for i in x).encode())
+        else:
+          f.write(np.ascontiguousarray(x).tobytes())
+    self._id_len = max(self._id_len, int(np.char.str_len(arrays["id"]).max()))
+    self._hashes.append(np.array([hash(str(i)) for i in arrays["id"]], np.int64))
+    self._rows += len(arrays["id"])
+
+  def abort(self) -> None:
+    shutil.rmtree(self._dir, ignore_errors=True)
+
+  def close(self, meta: dict) -> None:
+    try:
+      if not self._rows:
+        raise ValueError(f"{self.path}: no rows to write")
+      if len(np.unique(np.concatenate(self._hashes))) != self._rows:
+        raise ValueError(f"{self.path}: field 'id': ids repeat")
+      _check_meta(meta, self.path)
+      tmp = os.path.join(self._dir, "out.npz")
+      with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for key, (dtype, row_shape) in self._layout.items():
+          with z.open(f"{key}.npy", "w", force_zip64=True) as f, open(self._file(key), "rb") as raw:
+            _npy_header(f, dtype, (self._rows, *row_shape))
+            shutil.copyfileobj(raw, f, 16 << 20)
+        with z.open("id.npy", "w", force_zip64=True) as f, open(self._file("id"), "rb") as raw:
+          dtype = np.dtype(f"<U{self._id_len}")
+          _npy_header(f, dtype, (self._rows,))
+          for lines in iter(lambda: raw.readlines(16 << 20), []):
+            f.write(np.array([json.loads(line) for line in lines], dtype).tobytes())
+        with z.open("meta.npy", "w") as f:
+          np.lib.format.write_array(f, np.array(json.dumps(meta, default=_jsonable,
+                                                           ensure_ascii=False)))
+      with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+      os.replace(tmp, self.path)
+    finally:
+      self.abort()
+
+
+def _npy_header(f, dtype, shape) -> None:
+  np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                           "fortran_order": False, "shape": tuple(shape)})
+
+
 def save_embeddings(path: str, arrays: dict, meta: dict) -> None:
-  """Checks and writes an embeddings .npz atomically (`path + '.tmp.npz'`, then renamed)."""
-  arrays = {key: np.asarray(value) for key, value in arrays.items()}
+  """Checks and writes a whole embeddings .npz atomically (an EmbeddingsWriter of one batch)."""
   if "meta" in arrays:
     raise ValueError(f"{path}: pass meta separately, not as an array")
-  _check_embeddings(arrays, meta, path)
-  tmp = path + ".tmp.npz"
-  try:
-    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-      np.savez(f, **arrays, meta=np.array(json.dumps(meta, default=_jsonable, ensure_ascii=False)))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  _check_embeddings({k: np.asarray(v) for k, v in arrays.items()}, meta, path)
+  writer = EmbeddingsWriter(path)
+  writer.append(arrays)
+  writer.close(meta)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -246,6 +246,31 @@ def test_embeddings_round_trip(tmp_path):
     np.testing.assert_array_equal(got[key], value)
 
 
+def test_embeddings_writer_streams_batches_and_publishes_only_when_closed(tmp_path):
+  arrays, meta = _embeddings(n=10)
+  arrays["id"] = np.array([f"id-{'x' * i}" for i in range(10)])  # ids widen batch by batch
+  path = str(tmp_path / "e.npz")
+  writer = retrieval.EmbeddingsWriter(path)
+  for start in (0, 3, 7):
+    writer.append({k: v[start:start + {0: 3, 3: 4, 7: 3}[start]] for k, v in arrays.items()})
+    assert not os.path.exists(path)  # Nothing is published before close.
+  writer.close(meta)
+  assert os.listdir(tmp_path) == ["e.npz"]  # The parts folder is gone.
+  got = retrieval.load_embeddings(path)
+  for key, value in arrays.items():
+    np.testing.assert_array_equal(got[key], value)
+
+  again = retrieval.EmbeddingsWriter(str(tmp_path / "dup.npz"))
+  again.append({k: v[:5] for k, v in arrays.items()})
+  again.append({k: v[:5] for k, v in arrays.items()})
+  with pytest.raises(ValueError, match="'id': ids repeat"):
+    again.close(meta)
+  aborted = retrieval.EmbeddingsWriter(str(tmp_path / "aborted.npz"))
+  aborted.append({k: v[:5] for k, v in arrays.items()})
+  aborted.abort()
+  assert os.listdir(tmp_path) == ["e.npz"]
+
+
 @pytest.mark.parametrize("change, field", [
     (lambda a: a.pop("codes"), "'codes': missing"),
     (lambda a: a.update(embedding=a["embedding"].astype(np.float64)),

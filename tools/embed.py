@@ -56,8 +56,9 @@ def class_fields(corpus, config):
           if kinds.get(f, {}).get('kind') == 'int'}
 
 
-def embed(workdir, corpus, split, *, step=None, task=None, pp=None, batch_size=256):
-  """Returns (arrays, meta) as tools/embed.py saves them."""
+def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_size=256):
+  """Embeds `split` into `out` batch by batch (memory does not grow with the split); returns
+  (rows, meta)."""
   config = load_run(workdir)
   corpus = corpus or config.input.data_dir
   embedding_tasks = [n for n, t in config.tasks.items() if t.head == 'embedding']
@@ -78,22 +79,30 @@ def embed(workdir, corpus, split, *, step=None, task=None, pp=None, batch_size=2
   params = pretrained.load(jax.device_get(fresh), checkpoint, skip=r'^$')
   shardings = sharding.tree_shardings(params, mesh, config.sharding)
   params = jax.device_put(params, shardings)
+  classifiers = [name for name, t in config.tasks.items() if t.head == 'classifier']
 
-  start = time.perf_counter()
-  out = inference.Predictor(model, mesh, shardings).predict_split(
-      params, paths, pp=pp, labels=labels, batch_size=batch_size, desc=f'embed {split}')
-  seconds = time.perf_counter() - start
-  embedding = out[f'embedding/{task}'].astype(np.float32)
-  arrays = {'id': out['id'], 'index': out['index'].astype(np.int64), 'embedding': embedding,
-            'codes': retrieval.binary_codes(embedding), 'pooled': out['pooled'].astype(np.float32)}
-  arrays.update({k: v.astype(np.int32) for k, v in out.items() if k.startswith('label/')})
-  for name, t in config.tasks.items():
-    if t.head == 'classifier':
-      arrays[f'pred/{name}'] = out[f'logits/{name}'].argmax(-1).astype(np.int32)
-  meta = {'corpus': os.path.abspath(corpus), 'split': split, 'checkpoint': os.path.abspath(checkpoint),
-          'step': int(_restored_step(workdir, step)), 'task': task, 'pp': pp,
-          'images_per_second': len(embedding) / seconds}
-  return arrays, meta
+  writer = retrieval.EmbeddingsWriter(out)
+  rows, start = 0, time.perf_counter()
+  try:
+    for batch in inference.Predictor(model, mesh, shardings).iter_batches(
+        params, paths, pp=pp, labels=labels, batch_size=batch_size, desc=f'embed {split}'):
+      embedding = batch[f'embedding/{task}'].astype(np.float32)
+      arrays = {'id': batch['id'], 'index': batch['index'].astype(np.int64),
+                'embedding': embedding, 'codes': retrieval.binary_codes(embedding),
+                'pooled': batch['pooled'].astype(np.float32)}
+      arrays.update({k: v.astype(np.int32) for k, v in batch.items() if k.startswith('label/')})
+      arrays.update({f'pred/{name}': batch[f'logits/{name}'].argmax(-1).astype(np.int32)
+                     for name in classifiers})
+      writer.append(arrays)
+      rows += len(embedding)
+    meta = {'corpus': os.path.abspath(corpus), 'split': split,
+            'checkpoint': os.path.abspath(checkpoint), 'step': int(_restored_step(workdir, step)),
+            'task': task, 'pp': pp, 'images_per_second': rows / (time.perf_counter() - start)}
+    writer.close(meta)
+  except BaseException:
+    writer.abort()  # A failed or interrupted run publishes nothing.
+    raise
+  return rows, meta
 
 
 def _restored_step(workdir, step):
@@ -115,14 +124,12 @@ def main(argv=None):
   p.add_argument('--batch_size', type=int, default=256)
   a = p.parse_args(argv)
   try:
-    arrays, meta = embed(a.workdir, a.corpus, a.split, step=a.step, task=a.task, pp=a.pp,
-                         batch_size=a.batch_size)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    retrieval.save_embeddings(a.out, arrays, meta)
+    rows, meta = embed(a.workdir, a.corpus, a.split, a.out, step=a.step, task=a.task, pp=a.pp,
+                       batch_size=a.batch_size)
   except (OSError, ValueError, config_lib.ConfigError, records.RecordError) as e:
     sys.exit(f'embed.py: error: {e}')
-  print(json.dumps({'out': a.out, 'records': len(arrays['id']),
-                    'dim': int(arrays['embedding'].shape[1]), **meta}, indent=1))
+  print(json.dumps({'out': a.out, 'records': rows, **meta}, indent=1))
 
 
 if __name__ == '__main__':
