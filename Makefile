@@ -1,10 +1,11 @@
-# `make demo` and `make test` work on a fresh machine: both create .venv from requirements.txt first.
+# `make demo` and `make test` work on a fresh machine: both create .venv from requirements.txt (and
+# requirements-nodeps.txt) first.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test clean-demo
+.PHONY: demo test
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)

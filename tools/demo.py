@@ -23,7 +23,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bigvis import fileio  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bigvis import fileio, retrieval  # noqa: E402
 
 QUERY_SPLIT, DATABASE_SPLIT = 'test_query', 'test_index'
 
@@ -35,13 +37,12 @@ def run_stage(name, cmd, timings):
   timings[name] = round(time.perf_counter() - start, 1)
 
 
-def accuracy(npz_paths, task):
-  import numpy as np
-  from bigvis import retrieval
+def head_accuracy(npz_paths, task):
+  """(accuracy, examples) of classifier `task` on the embedded splits; in configs/finetune.py
+  each classifier task is named after its label field."""
   arrays = [retrieval.load_embeddings(p) for p in npz_paths]
-  field = {'skin_tone': 'skin_tone', 'category': 'category'}[task]
   pred = np.concatenate([a[f'pred/{task}'] for a in arrays])
-  truth = np.concatenate([a[f'label/{field}'] for a in arrays])
+  truth = np.concatenate([a[f'label/{task}'] for a in arrays])
   return float(np.mean(pred == truth)), int(len(pred))
 
 
@@ -75,7 +76,7 @@ def model_report(run_dir, timings, name):
     figures[f'{kind}_scann speed-up vs exact'] = (methods[f'{kind}_scann']['queries_per_sec']
                                                  / methods[f'{kind}_exact']['queries_per_sec'])
   for task in ('skin_tone', 'category'):
-    figures[f'{task} accuracy'], figures[f'{task} examples'] = accuracy([q, db], task)
+    figures[f'{task} accuracy'], figures[f'{task} examples'] = head_accuracy([q, db], task)
   return figures
 
 
