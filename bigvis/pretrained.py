@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bigvis import sharding
+from bigvis import fileio, sharding
 
 POSEMB = 'trunk/pos_embedding'
 # Whole-checkpoint .npz files keep the params under a prefix beside the optimizer state:
@@ -84,16 +84,8 @@ def save_npz(path, params):
   """
   flat = {re.sub('^trunk/', '', sharding.path_name(p)): np.asarray(jax.device_get(x))
           for p, x in jax.tree_util.tree_leaves_with_path(params)}
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'wb') as f:  # A file object: np.savez would append '.npz' to a name.
-      np.savez(f, **flat)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with fileio.atomic_file(path) as f:  # A file object: np.savez would append '.npz' to a name.
+    np.savez(f, **flat)
 
 
 def resample_posemb(posemb, new_len):
