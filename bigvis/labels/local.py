@@ -110,6 +110,7 @@ def run(corpus: str, out: str, cfg: MinerConfig, *, workers: int | None = None,
     pairs = cluster.merge_pairs([pairs, *pending])
     lap("pass2_cooccurrence")
     clusters = cluster.fit(pairs, vocab, cfg)
+    del pairs, pending  # Pass 3 needs only the clusters; the pairs grow with the corpus.
     lap("cluster_fit")
 
     shards = steps.all_shards(corpus)
