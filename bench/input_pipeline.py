@@ -12,10 +12,8 @@ Writes `<out>.json` and `<out>.md` (default bench/results/input_pipeline). See b
 """
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +24,8 @@ import grain
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
+
+import machine  # noqa: E402  (bench/machine.py: this script's folder is on sys.path)
 
 from bigvis import data, records, synthetic  # noqa: E402
 
@@ -111,24 +111,7 @@ def run_segment(paths, size, workers, args, seed):
 
 
 def machine_info():
-  cpu = 'unknown'
-  with open('/proc/cpuinfo') as f:
-    for line in f:
-      if line.startswith('model name'):
-        cpu = line.split(':', 1)[1].strip()
-        break
-  with open('/proc/meminfo') as f:
-    mem_kb = int(f.readline().split()[1])
-  try:
-    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-  except OSError:
-    commit = None
-  versions = {p: importlib.metadata.version(p) for p in ('grain', 'array-record', 'numpy', 'pillow')}
-  return dict(cpu=cpu, cores=os.cpu_count(), memory_gb=round(mem_kb / 2**20, 1),
-              python=platform.python_version(), versions=versions, git_commit=commit,
-              git_dirty=bool(subprocess.run(['git', 'status', '--porcelain'], cwd=ROOT,
-                                            capture_output=True, text=True).stdout.strip()))
+  return machine.describe(('grain', 'array-record', 'numpy', 'pillow'))
 
 
 def summarize(rows):

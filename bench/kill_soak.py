@@ -33,10 +33,8 @@ bench/results/kill_soak) and exits 1 when anything differs. See bench/README.md.
 """
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -49,6 +47,8 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
+
+import machine  # noqa: E402  (bench/machine.py: this script's folder is on sys.path)
 TMP = '.orbax-checkpoint-tmp'
 
 
@@ -283,18 +283,7 @@ def sigterm_once(workdir):
 
 
 def machine_info():
-  cpu = 'unknown'
-  with open('/proc/cpuinfo') as f:
-    for line in f:
-      if line.startswith('model name'):
-        cpu = line.split(':', 1)[1].strip()
-        break
-  git = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True).stdout
-  return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
-              versions={p: importlib.metadata.version(p)
-                        for p in ('jax', 'orbax-checkpoint', 'grain', 'flax', 'optax')},
-              git_commit=git('rev-parse', 'HEAD').strip(),
-              git_dirty=bool(git('status', '--porcelain').strip()))
+  return machine.describe(('jax', 'orbax-checkpoint', 'grain', 'flax', 'optax'))
 
 
 def dash(value):

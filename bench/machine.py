@@ -1,0 +1,24 @@
+"""What a benchmark ran on, for its results JSON: CPU, cores, memory, Python, package versions, commit."""
+import importlib.metadata
+import os
+import platform
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def describe(packages):
+  cpu = 'unknown'
+  with open('/proc/cpuinfo') as f:
+    for line in f:
+      if line.startswith('model name'):
+        cpu = line.split(':', 1)[1].strip()
+        break
+  with open('/proc/meminfo') as f:
+    mem_kb = int(f.readline().split()[1])
+  git = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True).stdout
+  return dict(cpu=cpu, cores=os.cpu_count(), memory_gb=round(mem_kb / 2**20, 1),
+              python=platform.python_version(),
+              versions={p: importlib.metadata.version(p) for p in packages},
+              git_commit=git('rev-parse', 'HEAD').strip() or None,
+              git_dirty=bool(git('status', '--porcelain').strip()))
