@@ -175,7 +175,7 @@ def embed_timing(labels: list[str], vocab, pairs_cfg) -> dict:
   out["text_model_labels_per_s_warm"] = round(len(labels) / out["text_model_warm_s"])
   pairs, cfg = pairs_cfg
   t = time.perf_counter()
-  cluster.embed(cluster.cooccurrence(pairs, len(labels)), cfg.embed_dim, cfg.seed)
+  cluster.embed(cluster.ppmi(pairs, len(labels)), cfg.embed_dim, cfg.seed)
   out["cooccurrence_ppmi_svd_s"] = round(time.perf_counter() - t, 2)
   return out
 

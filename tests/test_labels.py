@@ -100,6 +100,51 @@ def test_pair_counts_merge_exactly_in_any_order():
   np.testing.assert_array_equal(cluster.cooccurrence(a, 30).toarray(), x.T @ x)
 
 
+def _dense_ppmi(c: np.ndarray, alpha: float = 0.75) -> np.ndarray:
+  c = c.astype(np.float64) * (1 - np.eye(len(c)))  # the diagonal (df) is no co-occurrence
+  total, row = c.sum(), c.sum(axis=1)
+  ctx = row ** alpha / (row ** alpha).sum()
+  with np.errstate(divide="ignore", invalid="ignore"):
+    pmi = np.log(c / total) - np.log(row / total)[:, None] - np.log(ctx)[None, :]
+  return np.where(c > 0, np.maximum(pmi, 0), 0)
+
+
+def test_ppmi_by_row_blocks_and_spilled_to_disk_equals_the_whole_matrix(tmp_path, monkeypatch):
+  from bigvis.labels import local
+  rng = np.random.default_rng(0)
+  n = 30
+  lists = [sorted(rng.choice(n - 2, rng.integers(0, 6), replace=False).tolist())
+           for _ in range(300)]  # the last two labels never occur: empty rows
+  parts = [cluster.pair_counts(lists[i:i + 23]) for i in range(0, 300, 23)]
+  whole = cluster.merge_pairs(parts)
+  one_block = cluster.ppmi(whole, n)
+  np.testing.assert_allclose(one_block.toarray(), _dense_ppmi(cluster.cooccurrence(whole, n)
+                                                              .toarray()), rtol=1e-12, atol=1e-12)
+  monkeypatch.setattr(cluster, "ROWS_PER_BLOCK", 7)
+  assert cluster.num_blocks(n) == 5
+  blocks = cluster.split_blocks(whole, n)
+  assert [b for b, _ in blocks] == [0, 1, 2, 3]  # block 4 (rows 28, 29) holds no pair
+  for b, (keys, _) in blocks:
+    assert np.all(keys[1:] > keys[:-1]) and np.all((keys >> 32) // 7 == b)
+  many = cluster.ppmi(whole, n)
+  assert many.shape == (n, n) and np.array_equal(many.indptr, one_block.indptr)
+  assert np.array_equal(many.indices, one_block.indices)
+  assert np.array_equal(many.data, one_block.data)  # the same floats, bit for bit
+  # Row sums are linear: partial sums add up to the whole's.
+  np.testing.assert_array_equal(sum(cluster.row_sums(p, n) for p in parts),
+                                cluster.row_sums(whole, n))
+  # The local runner's spill: partial counts on disk per block, reduced in small slabs.
+  monkeypatch.setattr(local._PairSpill, "SLAB", 5)
+  spill = local._PairSpill(str(tmp_path / "pairs"), n)
+  for p in parts[::-1]:
+    spill.add(p)
+  spilled = spill.ppmi(progress=False)
+  spill.close()
+  assert not (tmp_path / "pairs").exists()
+  assert all(np.array_equal(getattr(spilled, a), getattr(many, a))
+             for a in ("data", "indices", "indptr"))
+
+
 def test_clustering_is_deterministic_and_finds_groups():
   # Two topics: labels 0-9 co-occur with each other, labels 10-19 with each other.
   rng = np.random.default_rng(1)
@@ -108,7 +153,8 @@ def test_clustering_is_deterministic_and_finds_groups():
   v = vocab_lib.Vocab(labels=tuple(f"l{i:02d}" for i in range(20)), df=tuple([200] * 20),
                       conf_sum=tuple([200000] * 20), num_labels=20)
   cfg = MinerConfig(clusters=2, embed_dim=8, seed=3)
-  c1, c2 = cluster.fit(pairs, v, cfg), cluster.fit(pairs, v, cfg)
+  c1, c2 = (cluster.fit(cluster.ppmi(pairs, 20), v, cfg),
+            cluster.fit(cluster.ppmi(pairs, 20), v, cfg))
   assert c1 == c2
   assert len(set(c1.assign[:10])) == 1 and len(set(c1.assign[10:])) == 1
   assert c1.assign[0] != c1.assign[10]
@@ -142,9 +188,12 @@ MINE = MinerConfig(weights=(("title", 1.0), ("description", 0.5)), min_count=3, 
                    cluster_max_size=20, clusters=5, embed_dim=8, fit_splits=("train", "extra"))
 
 
-def test_local_and_beam_runners_write_identical_artifacts(corpus, tmp_path):
+def test_local_and_beam_runners_write_identical_artifacts(corpus, tmp_path, monkeypatch):
   from bigvis.labels import beam, local
   a, b = str(tmp_path / "local"), str(tmp_path / "beam")
+  # Several row blocks (20 clustered labels), small spill slabs: both reduce block by block.
+  monkeypatch.setattr(cluster, "ROWS_PER_BLOCK", 8)
+  monkeypatch.setattr(local._PairSpill, "SLAB", 16)
   stats = local.run(corpus, a, MINE, workers=2, chunk_size=40, progress=False)
   beam.run(corpus, b, MINE, chunk_size=40)
   names = sorted(os.listdir(a))

@@ -95,13 +95,14 @@ def test_text_model_clusters_by_meaning_deterministically():
   runs = {}
   for kind in ("cooccurrence", "text_model", "both"):
     cfg = MinerConfig(clusters=2, embed_dim=4, seed=0, label_embeddings=kind)
-    runs[kind] = cluster.fit(pairs, v, cfg)
-    assert cluster.fit(pairs, v, cfg) == runs[kind]  # deterministic for a seed
+    runs[kind] = cluster.fit(cluster.ppmi(pairs, n), v, cfg)
+    assert cluster.fit(cluster.ppmi(pairs, n), v, cfg) == runs[kind]  # deterministic for a seed
   t = runs["text_model"].assign
   assert len(set(t[:6])) == 1 and len(set(t[6:])) == 1 and t[0] != t[6]
   co = runs["cooccurrence"].assign
   assert len({co[i] for i in topics[0]}) == 1 and co[0] != co[3]  # the topics
-  x = cluster.label_vectors(pairs, v, MinerConfig(embed_dim=4, label_embeddings="both"))
+  x = cluster.label_vectors(cluster.ppmi(pairs, n), v,
+                            MinerConfig(embed_dim=4, label_embeddings="both"))
   assert x.shape == (n, 4 + 384)
   np.testing.assert_allclose(np.linalg.norm(x[:, :4], axis=1), 2 ** -0.5, atol=1e-6)
   np.testing.assert_allclose(np.linalg.norm(x[:, 4:], axis=1), 2 ** -0.5, atol=1e-6)

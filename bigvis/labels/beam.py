@@ -7,8 +7,9 @@
 
 The graph: fit-split chunks -> Reshuffle -> read + candidates -> CombinePerKey
 (label df and confidence sums, text-issue counts) -> Top (ranked vocabulary,
-distributed) -> singleton Vocab; candidates -> vocabulary ids -> CombineGlobally
-(co-occurrence pair counts) -> singleton Clusters; all shards -> label_shard
+distributed) -> singleton Vocab; candidates -> vocabulary ids -> batches -> pair counts
+-> row sums (CombineGlobally) and row blocks (CombinePerKey, reduced in parallel)
+-> PPMI rows per block -> one matrix -> singleton Clusters; all shards -> label_shard
 (vocab, clusters as side inputs) -> CombineGlobally(stats) -> artifact JSON.
 The staging folder is renamed into place by the launching process after the
 pipeline finishes, so the input and output paths must be visible to the
@@ -26,8 +27,8 @@ Runner flags (everything after `--` on the tool's command line):
   Spark:     --runner=SparkRunner --spark_master_url=spark://HOST:7077
              --environment_type=LOOPBACK | DOCKER
 Portable runners (Flink, Spark) start a Java job server, so they need Java on the launcher.
-The vocabulary, co-occurrence and clustering steps each run on one worker:
-size that worker for cluster_max_size labels (20k labels x 64 dims is small).
+The vocabulary and clustering steps each run on one worker: size that worker
+for the PPMI matrix of cluster_max_size labels (at most 12 bytes per non-zero).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from bigvis.labels import artifacts, cluster, steps
 from bigvis.labels import vocab as vocab_lib
 from bigvis.labels.config import MinerConfig
 
-_FOLD_EVERY = 5000  # id lists buffered per accumulator before folding into pair counts
+_BATCH = 5000  # records whose id lists make one partial pair count
 
 
 class _SumPairs(beam.CombineFn):
@@ -64,26 +65,37 @@ class _SumPairs(beam.CombineFn):
     return acc
 
 
-class _Cooccurrence(beam.CombineFn):
-  """Pair counts of vocabulary ids per record (cluster.pair_counts), merged exactly."""
+class _MergePairs(beam.CombineFn):
+  """Exact sum of pair counts (cluster.merge_pairs); partial sums fold as they come."""
 
   def create_accumulator(self):
-    return (cluster.merge_pairs([]), [])
+    return cluster.merge_pairs([])
 
-  def _fold(self, acc):
-    pairs, pending = acc
-    return (cluster.merge_pairs([pairs, cluster.pair_counts(pending)]), [])
-
-  def add_input(self, acc, ids):
-    acc[1].append(ids)
-    return self._fold(acc) if len(acc[1]) >= _FOLD_EVERY else acc
+  def add_input(self, acc, pairs):
+    return cluster.merge_pairs([acc, pairs])
 
   def merge_accumulators(self, accs):
-    folded = [self._fold(a)[0] for a in accs]
-    return (cluster.merge_pairs(folded), [])
+    return cluster.merge_pairs(list(accs))
 
   def extract_output(self, acc):
-    return self._fold(acc)[0]
+    return acc
+
+
+class _SumArrays(beam.CombineFn):
+  """Sum of equally shaped int arrays (label row sums)."""
+
+  def create_accumulator(self):
+    return None
+
+  def add_input(self, acc, x):
+    return x.copy() if acc is None else acc + x
+
+  def merge_accumulators(self, accs):
+    accs = [a for a in accs if a is not None]
+    return sum(accs[1:], accs[0].copy()) if accs else None
+
+  def extract_output(self, acc):
+    return acc
 
 
 class _MergeStats(beam.CombineFn):
@@ -124,10 +136,26 @@ def build(p: beam.Pipeline, corpus: str, staging: str, cfg: MinerConfig, chunk_s
   issues = AsSingleton(counts | "Issues" >> beam.Filter(lambda kv: kv[0][0] == "issue")
                        | "IssueItems" >> beam.Map(lambda kv: (kv[0][1], kv[1][0]))
                        | "IssueDict" >> beam.combiners.ToDict())
-  pairs = (mined | "VocabIds" >> beam.Map(lambda m, v: steps.fit_ids(m[0], v), vocab)
-           | "Cooccurrence" >> beam.CombineGlobally(_Cooccurrence()))
-  clusters = AsSingleton(pairs | "Cluster" >> beam.Map(
-      lambda pc, v: cluster.fit(pc, v, cfg), vocab))
+  n_of = lambda v: len(v.labels)  # noqa: E731
+  if cluster.needs_cooccurrence(cfg):
+    partial = (mined | "VocabIds" >> beam.Map(lambda m, v: steps.fit_ids(m[0], v), vocab)
+               | "Batch" >> beam.BatchElements(min_batch_size=_BATCH, max_batch_size=_BATCH)
+               | "PairCounts" >> beam.Map(cluster.pair_counts))
+    rows = AsSingleton(partial | "RowSums" >> beam.Map(lambda pc, v: cluster.row_sums(pc, n_of(v)),
+                                                      vocab)
+                       | "SumRows" >> beam.CombineGlobally(_SumArrays()))
+    fitted = (partial | "SplitBlocks" >> beam.FlatMap(
+                  lambda pc, v: cluster.split_blocks(pc, n_of(v)), vocab)
+              | "ReduceBlocks" >> beam.CombinePerKey(_MergePairs())
+              | "PpmiBlocks" >> beam.Map(lambda kv, r: (kv[0], cluster.ppmi_block(*kv, r)), rows)
+              | "AllBlocks" >> beam.combiners.ToDict()
+              | "Cluster" >> beam.Map(
+                  lambda blocks, v: cluster.fit(cluster.stack_blocks(blocks, n_of(v)), v, cfg),
+                  vocab))
+  else:  # text-model embeddings only: no co-occurrence pass
+    fitted = (p | "NoPairs" >> beam.Create([None])
+              | "Cluster" >> beam.Map(lambda _, v: cluster.fit(None, v, cfg), vocab))
+  clusters = AsSingleton(fitted)
   pass3 = (p | "Shards" >> beam.Create(steps.all_shards(corpus))
            | "SpreadShards" >> beam.Reshuffle()
            | "LabelShard" >> beam.Map(

@@ -59,14 +59,13 @@ def pair_counts(id_lists: Iterable[Sequence[int]]) -> tuple[np.ndarray, np.ndarr
 def merge_pairs(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
   """Sum of pair counts; exact and independent of the order of `parts`.
 
-  Each part is sorted, so a stable sort (timsort: merges the sorted runs) of
-  their concatenation is near linear; 5x faster than np.unique here.
+  Parts may repeat keys and need not be sorted, but sorted runs (pair_counts'
+  output) make the stable sort (timsort: merges the runs) near linear; 5x faster
+  than np.unique here.
   """
   parts = [p for p in parts if p[0].size]
   if not parts:
     return np.zeros(0, np.int64), np.zeros(0, np.int64)
-  if len(parts) == 1:
-    return parts[0]
   keys = np.concatenate([k for k, _ in parts])
   order = np.argsort(keys, kind="stable")
   keys, counts = keys[order], np.concatenate([c for _, c in parts])[order]
@@ -76,41 +75,110 @@ def merge_pairs(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndar
 
 def cooccurrence(pairs: tuple[np.ndarray, np.ndarray], n: int) -> sp.csr_matrix:
   """Symmetric n x n int64 matrix from pair counts."""
+  keys, counts = mirror(pairs)
+  return _rows_csr(keys, counts, 0, n, n)
+
+
+# ---- PPMI in row blocks: memory bounded by one block, not by the corpus ----
+# Pair counts are split by row into blocks of ROWS_PER_BLOCK labels (mirrored, so a
+# block holds whole rows of the symmetric matrix). A block's distinct pairs are at
+# most ROWS_PER_BLOCK x n whatever the corpus size; each block is reduced and turned
+# into its PPMI rows alone, given the row sums (`row_sums`, linear in the counts, so
+# summed over any partial counts in any order). The PPMI values are the same floats
+# as from the whole matrix at once, so the runners' artifacts do not depend on it.
+
+ROWS_PER_BLOCK = 256
+
+
+def num_blocks(n: int) -> int:
+  return max(1, -(-n // ROWS_PER_BLOCK))
+
+
+def mirror(pairs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Both orientations (i, j) and (j, i) of upper-triangle pairs, keys sorted."""
   keys, counts = pairs
-  i, j = (keys >> _SHIFT).astype(np.int64), (keys & 0xFFFFFFFF).astype(np.int64)
+  off = (keys >> _SHIFT) != (keys & 0xFFFFFFFF)
+  flipped = ((keys[off] & 0xFFFFFFFF) << _SHIFT) | (keys[off] >> _SHIFT)
+  keys = np.concatenate([keys, flipped])
+  order = np.argsort(keys, kind="stable")
+  return keys[order], np.concatenate([counts, counts[off]])[order]
+
+
+def split_blocks(pairs: tuple[np.ndarray, np.ndarray],
+                 n: int) -> list[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+  """[(block, mirrored pairs of its rows, sorted)] of upper-triangle pair counts."""
+  keys, counts = mirror(pairs)
+  block = (keys >> _SHIFT) // ROWS_PER_BLOCK
+  cuts = np.flatnonzero(np.diff(block)) + 1
+  return [(int(block[s]), (k, c)) for s, k, c in
+          zip(np.concatenate([[0], cuts]), np.split(keys, cuts), np.split(counts, cuts)) if k.size]
+
+
+def row_sums(pairs: tuple[np.ndarray, np.ndarray], n: int) -> np.ndarray:
+  """int64 [n]: co-occurrences of each label with others (diagonal left out)."""
+  keys, counts = pairs
+  i, j = keys >> _SHIFT, keys & 0xFFFFFFFF
   off = i != j
-  rows = np.concatenate([i, j[off]])
-  cols = np.concatenate([j, i[off]])
-  vals = np.concatenate([counts, counts[off]])
-  m = sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.int64)
-  m.sum_duplicates()
-  m.sort_indices()
-  return m
+  return (np.bincount(i[off], counts[off], minlength=n) +
+          np.bincount(j[off], counts[off], minlength=n)).astype(np.int64)
 
 
-def ppmi(cooc: sp.csr_matrix, alpha: float = 0.75) -> sp.csr_matrix:
-  coo = cooc.tocoo()
-  off = coo.row != coo.col  # the diagonal (df) is not a co-occurrence
-  rows, cols, vals = coo.row[off], coo.col[off], coo.data[off].astype(np.float64)
-  n = cooc.shape[0]
-  total = vals.sum()
+def _rows_csr(keys: np.ndarray, counts: np.ndarray, lo: int, hi: int, n: int,
+              dtype=np.int64) -> sp.csr_matrix:
+  """Rows lo..hi-1 as a (hi - lo) x n CSR from sorted mirrored keys of those rows."""
+  rows = (keys >> _SHIFT) - lo
+  indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=hi - lo))])
+  return sp.csr_matrix((counts.astype(dtype), (keys & 0xFFFFFFFF).astype(np.int32), indptr),
+                       shape=(hi - lo, n))
+
+
+def ppmi_block(block: int, pairs: tuple[np.ndarray, np.ndarray], rows: np.ndarray,
+               alpha: float = 0.75) -> sp.csr_matrix:
+  """PPMI rows of one block (mirrored, reduced pairs) given all labels' `row_sums`.
+
+  PMI(i, j) = log(c_ij / T) - log(r_i / T) - log(ctx_j), with r the row sums, T their
+  total and ctx = r^alpha / sum(r^alpha) (context-distribution smoothing); the
+  diagonal (df) is not a co-occurrence; only positive values are kept.
+  """
+  n = rows.size
+  lo, hi = block * ROWS_PER_BLOCK, min(n, (block + 1) * ROWS_PER_BLOCK)
+  keys, counts = pairs
+  i, j = keys >> _SHIFT, keys & 0xFFFFFFFF
+  row = rows.astype(np.float64)
+  total = row.sum()
   if total == 0:
-    return sp.csr_matrix((n, n))
-  row = np.bincount(rows, weights=vals, minlength=n)
+    return sp.csr_matrix((hi - lo, n))
   ctx = row ** alpha
   ctx /= ctx.sum()
-  pmi = np.log(vals / total) - np.log(row[rows] / total) - np.log(ctx[cols])
+  off = i != j
+  vals = counts[off].astype(np.float64)
+  pmi = np.log(vals / total) - np.log(row[i[off]] / total) - np.log(ctx[j[off]])
   keep = pmi > 0
-  out = sp.csr_matrix((pmi[keep], (rows[keep], cols[keep])), shape=(n, n))
+  return _rows_csr(keys[off][keep], pmi[keep], lo, hi, n, np.float64)
+
+
+def ppmi(pairs: tuple[np.ndarray, np.ndarray], n: int) -> sp.csr_matrix:
+  """n x n PPMI of upper-triangle pair counts held in memory (computed block by block)."""
+  rows = row_sums(pairs, n)
+  return stack_blocks({b: ppmi_block(b, p, rows) for b, p in split_blocks(pairs, n)}, n)
+
+
+def stack_blocks(blocks: dict[int, sp.csr_matrix], n: int) -> sp.csr_matrix:
+  """The n x n matrix of PPMI row blocks by block id (absent blocks: empty rows)."""
+  parts = []
+  for b in range(num_blocks(n)):
+    lo, hi = b * ROWS_PER_BLOCK, min(n, (b + 1) * ROWS_PER_BLOCK)
+    parts.append(blocks.get(b, sp.csr_matrix((hi - lo, n))))
+  out = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, 0))
   out.sort_indices()
   return out
 
 
-def embed(cooc: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
-  """Unit-length label embeddings [n, k], k = min(dim, n - 1); zero rows for isolated labels."""
-  n = cooc.shape[0]
+def embed(p: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
+  """Unit-length label embeddings [n, k] of the PPMI matrix, k = min(dim, n - 1); zero rows
+  for isolated labels."""
+  n = p.shape[0]
   k = max(1, min(dim, n - 1))
-  p = ppmi(cooc)
   if n <= _DENSE_SVD_MAX:
     u, s, _ = np.linalg.svd(p.toarray())
     u, s = u[:, :k], s[:k]
@@ -124,13 +192,16 @@ def embed(cooc: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
   return np.divide(u, norm, out=np.zeros_like(u), where=norm > 0)
 
 
-def label_vectors(pairs: tuple[np.ndarray, np.ndarray], vocab: Vocab,
-                  cfg: MinerConfig) -> np.ndarray:
-  """The [n, d] float rows k-means clusters, per `cfg.label_embeddings` (see the module doc)."""
-  n = len(vocab.labels)
+def needs_cooccurrence(cfg: MinerConfig) -> bool:
+  return cfg.label_embeddings in ("cooccurrence", "both")
+
+
+def label_vectors(p: sp.csr_matrix | None, vocab: Vocab, cfg: MinerConfig) -> np.ndarray:
+  """The [n, d] float rows k-means clusters, per `cfg.label_embeddings` (see the module doc);
+  `p` is the PPMI matrix (None when only the text model is asked for)."""
   parts = []
-  if cfg.label_embeddings in ("cooccurrence", "both"):
-    parts.append(embed(cooccurrence(pairs, n), cfg.embed_dim, cfg.seed))
+  if needs_cooccurrence(cfg):
+    parts.append(embed(p, cfg.embed_dim, cfg.seed))
   if cfg.label_embeddings in ("text_model", "both"):
     from bigvis.labels import text_model  # lazily: jax and 90 MB of weights, only when asked
     parts.append(text_model.embed_texts(list(vocab.labels)).astype(np.float64))
@@ -153,13 +224,13 @@ class Clusters:
             "label_to_cluster": {vocab.labels[i]: c for i, c in enumerate(self.assign)}}
 
 
-def fit(pairs: tuple[np.ndarray, np.ndarray], vocab: Vocab, cfg: MinerConfig) -> Clusters:
-  """Clusters of the vocabulary from its co-occurrence pair counts and/or its label text."""
+def fit(p: sp.csr_matrix | None, vocab: Vocab, cfg: MinerConfig) -> Clusters:
+  """Clusters of the vocabulary from its PPMI matrix (`ppmi`, `ppmi_block`) and/or label text."""
   n = len(vocab.labels)
   if n == 0:
     return Clusters((), (), ())
   k = min(cfg.clusters, n)
-  x = label_vectors(pairs, vocab, cfg)
+  x = label_vectors(p, vocab, cfg)
   if k == n:
     raw = np.arange(n)
   else:

@@ -5,10 +5,13 @@
 
 Pass 1 counts document frequencies per chunk of records (fit splits); the main
 process builds the vocabulary. Pass 2 counts label co-occurrence per chunk; the
-main process embeds and clusters the labels. Pass 3 labels every shard (all
-splits) in parallel. Workers are spawned, not forked, so no thread state (BLAS,
-OpenMP from k-means) leaks into them; each pass's pool gets the state it needs
-once, through its initializer.
+main process spills each chunk's pair counts to disk by row block
+(cluster.split_blocks), then reduces one block at a time into its PPMI rows, so
+its memory is bounded by a block and the PPMI matrix, not by the corpus; then it
+embeds and clusters the labels (pass 2 is skipped if only the text model embeds).
+Pass 3 labels every shard (all splits) in parallel. Workers are spawned, not
+forked, so no thread state (BLAS, OpenMP from k-means) leaks into them; each
+pass's pool gets the state it needs once, through its initializer.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import shutil
 import time
 from collections import Counter
 
+import numpy as np
+import scipy.sparse as sp
 from tqdm import tqdm
 
 from bigvis.labels import artifacts, cluster, steps
@@ -68,6 +73,66 @@ def _map(fn, tasks, state, workers, desc, sizes=None, progress=True):
       pool.join()
 
 
+class _PairSpill:
+  """Pass 2's partial pair counts on disk, one append-only file per row block."""
+
+  SLAB = 1 << 22  # pairs read at a time when reducing a block (64 MB)
+
+  def __init__(self, folder: str, n: int):
+    self.folder, self.n = folder, n
+    self.rows = np.zeros(n, np.int64)
+    self.files: dict = {}
+    os.makedirs(folder)
+
+  def add(self, pairs) -> None:
+    self.rows += cluster.row_sums(pairs, self.n)
+    for b, (keys, counts) in cluster.split_blocks(pairs, self.n):
+      if b not in self.files:
+        self.files[b] = open(os.path.join(self.folder, f"block-{b:05d}.bin"), "wb")
+      np.stack([keys, counts], axis=1).tofile(self.files[b])
+
+  def ppmi(self, progress: bool) -> sp.csr_matrix:
+    """Reduces each block's file (in slabs) into its PPMI rows; deletes the files.
+
+    Each block's rows go back to disk, and the matrix is assembled once all are
+    known, so the peak holds the matrix once, not blocks and matrix together.
+    """
+    done = {}
+    for b in tqdm(sorted(self.files), desc="pass 2: PPMI by row block", unit="block",
+                  disable=not progress):
+      self.files[b].close()
+      path = self.files[b].name
+      pairs = cluster.merge_pairs([])
+      with open(path, "rb") as f:
+        while (slab := np.fromfile(f, np.int64, 2 * self.SLAB).reshape(-1, 2)).size:
+          pairs = cluster.merge_pairs([pairs, (slab[:, 0], slab[:, 1])])
+      os.remove(path)
+      block = cluster.ppmi_block(b, pairs, self.rows)
+      del pairs
+      done[b] = (path + ".ppmi.npz", block.shape[0], block.nnz)
+      np.savez(done[b][0], data=block.data, indices=block.indices, indptr=block.indptr)
+    nnz = sum(z for _, _, z in done.values())
+    data, indices = np.empty(nnz, np.float64), np.empty(nnz, np.int32)
+    indptr, at = [np.zeros(1, np.int64)], 0
+    for b in range(cluster.num_blocks(self.n)):
+      lo, hi = b * cluster.ROWS_PER_BLOCK, min(self.n, (b + 1) * cluster.ROWS_PER_BLOCK)
+      if b not in done:
+        indptr.append(np.full(hi - lo, at, np.int64))
+        continue
+      with np.load(done[b][0], allow_pickle=False) as z:
+        m = z["indptr"][-1]
+        data[at:at + m], indices[at:at + m] = z["data"], z["indices"]
+        indptr.append(z["indptr"][1:] + at)
+      os.remove(done[b][0])
+      at += m
+    return sp.csr_matrix((data, indices, np.concatenate(indptr)), shape=(self.n, self.n))
+
+  def close(self) -> None:
+    for f in self.files.values():
+      f.close()
+    shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def run(corpus: str, out: str, cfg: MinerConfig, *, workers: int | None = None,
         chunk_size: int = 5000, progress: bool = True, timings: dict | None = None) -> dict:
   """Mines labels of `corpus` into the labelled copy `out`; returns stats.json's content.
@@ -101,16 +166,19 @@ def run(corpus: str, out: str, cfg: MinerConfig, *, workers: int | None = None,
     del totals, items
     lap("pass1_counts_and_vocab")
 
-    pairs, pending = (cluster.merge_pairs([]), [])
-    for part, _ in _map(_pairs, chunks, (cfg, vocab), workers, "pass 2: co-occurrence", sizes,
-                        progress):
-      pending.append(part)
-      if sum(p[0].size for p in pending) > 20_000_000:  # bound memory: fold in as we go
-        pairs, pending = cluster.merge_pairs([pairs, *pending]), []
-    pairs = cluster.merge_pairs([pairs, *pending])
+    p = None
+    if cluster.needs_cooccurrence(cfg):
+      spill = _PairSpill(os.path.join(staging, ".pairs"), len(vocab.labels))
+      try:
+        for part, _ in _map(_pairs, chunks, (cfg, vocab), workers, "pass 2: co-occurrence",
+                            sizes, progress):
+          spill.add(part)
+        p = spill.ppmi(progress)
+      finally:
+        spill.close()
     lap("pass2_cooccurrence")
-    clusters = cluster.fit(pairs, vocab, cfg)
-    del pairs, pending  # Pass 3 needs only the clusters; the pairs grow with the corpus.
+    clusters = cluster.fit(p, vocab, cfg)
+    del p  # pass 3 needs only the clusters
     lap("cluster_fit")
 
     shards = steps.all_shards(corpus)
