@@ -175,3 +175,35 @@ def test_plain_object_config():
     name, variant = 'resnet', 'x101_32x8d'
   assert feature_dim(Cfg()) == 2048
   assert build_trunk(Cfg()).groups == 32
+
+
+@pytest.mark.parametrize('shape_q,shape_kv', [
+    ((2, 17, 3, 8), (2, 17, 3, 8)),    # self-attention
+    ((2, 1, 3, 8), (2, 17, 3, 8)),     # MAP head: one probe query
+    ((2, 2, 5, 2, 4), (2, 2, 7, 2, 4)),  # extra batch dims
+])
+def test_attention_matches_flax_values_and_gradients(shape_q, shape_kv):
+  import flax.linen as nn
+  from bigvis.models.attention import dot_product_attention
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.standard_normal(shape_q), jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal(shape_kv), jnp.float32) for _ in range(2))
+  w = jnp.asarray(rng.standard_normal(shape_q), jnp.float32)  # a non-trivial cotangent
+
+  def loss_and_grads(fn):
+    return jax.value_and_grad(lambda *a: jnp.sum(fn(*a) * w), argnums=(0, 1, 2))(q, k, v)
+
+  (ref, ref_g), (out, out_g) = loss_and_grads(nn.dot_product_attention), loss_and_grads(
+      dot_product_attention)
+  np.testing.assert_allclose(out, ref, rtol=1e-5)
+  np.testing.assert_allclose(dot_product_attention(q, k, v), nn.dot_product_attention(q, k, v),
+                             atol=1e-6)
+  for a, b in zip(out_g, ref_g):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  # bf16 compute: float32 scores and softmax keep it within bf16 rounding of the float32 result.
+  lo = dot_product_attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+                             v.astype(jnp.bfloat16))
+  assert lo.dtype == jnp.bfloat16
+  np.testing.assert_allclose(lo.astype(jnp.float32), nn.dot_product_attention(q, k, v), atol=0.05)
+  with pytest.raises(NotImplementedError):
+    dot_product_attention(q, k, v, mask=jnp.ones(shape_q[:-3] + (3, shape_q[-3], shape_kv[-3])))

@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from bigvis.models import attention
+
 # name -> (width, depth, mlp_dim, num_heads), Zhai et al. 2022 table 2.
 VARIANTS = {
     'Ti': (192, 12, 768, 3),
@@ -68,7 +70,8 @@ class MlpBlock(nn.Module):
 
 
 def _attention(num_heads, dtype):
-  return nn.MultiHeadDotProductAttention(num_heads=num_heads, kernel_init=_XAVIER, dtype=dtype)
+  return nn.MultiHeadDotProductAttention(num_heads=num_heads, kernel_init=_XAVIER, dtype=dtype,
+                                         attention_fn=attention.dot_product_attention)
 
 
 class Encoder1DBlock(nn.Module):

@@ -1,0 +1,65 @@
+"""Dot-product attention laid out for XLA's CPU and GPU dots, with a hand-written backward pass.
+
+A drop-in `attention_fn` for flax's `MultiHeadDotProductAttention` (same [batch, tokens, heads,
+head_dim] inputs and output, same maths: softmax(q k^T / sqrt(d)) v). Two things make it faster
+than flax's default on CPU, measured with ViT-Ti/16 shapes in bench/train_step.py:
+- batch and heads are folded into one leading batch dim before the dots, so each dot is a plain
+  batched matmul; flax's '...qhd,...khd->...hqk' layout made XLA's CPU forward ~3x slower;
+- the backward pass is written out (custom_vjp) from the saved probabilities, with the score
+  gradient formed in one fused elementwise pass, instead of autodiff through softmax.
+Scores and softmax are float32 whatever the compute dtype (bf16 logits lose the small
+differences softmax depends on); the probabilities are cast back for the second dot.
+"""
+import jax
+import jax.numpy as jnp
+
+
+def _scores(q, k):
+  return jnp.einsum('bqd,bkd->bqk', q, k, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _attend(q, k, v):
+  """softmax(q k^T) v for [batch, tokens, dim] inputs, q already scaled."""
+  return _attend_fwd(q, k, v)[0]
+
+
+def _attend_fwd(q, k, v):
+  p = jax.nn.softmax(_scores(q, k), axis=-1)
+  return jnp.einsum('bqk,bkd->bqd', p.astype(v.dtype), v), (q, k, v, p)
+
+
+def _attend_bwd(res, g):
+  q, k, v, p = res
+  g = g.astype(v.dtype)
+  dv = jnp.einsum('bqk,bqd->bkd', p.astype(g.dtype), g, preferred_element_type=jnp.float32)
+  dp = jnp.einsum('bqd,bkd->bqk', g, v, preferred_element_type=jnp.float32)
+  ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))  # softmax's Jacobian-vector product
+  dq = jnp.einsum('bqk,bkd->bqd', ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+  dk = jnp.einsum('bqk,bqd->bkd', ds.astype(q.dtype), q, preferred_element_type=jnp.float32)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def dot_product_attention(query, key, value, bias=None, mask=None, dropout_rate=0.0,
+                          dtype=None, **unused):
+  """[batch..., q, heads, d], [batch..., k, heads, d] x2 -> [batch..., q, heads, d].
+
+  Accepts flax's attention_fn keywords; masks, biases and attention dropout are not
+  supported (bigvis's ViT uses none) and raise rather than being ignored.
+  """
+  if bias is not None or mask is not None or dropout_rate:
+    raise NotImplementedError('bigvis attention: no mask, bias or attention dropout')
+  dtype = dtype or query.dtype
+  *batch, nq, heads, d = query.shape
+  nk = key.shape[-3]
+
+  def fold(x, n):  # [..., n, h, d] -> [prod(...) * h, n, d]
+    x = jnp.moveaxis(x.astype(dtype), -2, -3)
+    return x.reshape(-1, n, d)
+
+  q = fold(query * jnp.asarray(d ** -0.5, query.dtype), nq)
+  out = _attend(q, fold(key, nk), fold(value, nk))
+  return jnp.moveaxis(out.reshape(*batch, heads, nq, d), -3, -2)
