@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test
+.PHONY: demo test bench
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+# Every speed benchmark in turn (~1 h here); tables land in bench/results/ (SUMMARY.md collects
+# them). Benchmark-only packages (FAISS) come from bench/requirements.txt; PyTorch gets its own
+# venv, made by the benchmarks that need it (bench/torch_env.py).
+bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	$(PY) bench/run_all.py

@@ -1,14 +1,18 @@
-"""The bigvis ViT-Ti/16 training step, built from bigvis's own pieces, as a worker for the driver.
+"""bigvis's training step of ViT-Ti/16, ViT-S/16 or ResNet-50, built from bigvis's own pieces, as a
+worker for the driver (`bench/train_step.py`).
 
+`--model` names the trunk as the configs do (`configs/pretrain.py`): vit-ti16 is
+`config.model.name='vit', variant='Ti/16'`, vit-s16 `'vit', 'S/16'` (both class-token pooled, 224
+px), resnet50 `'resnet', '50'` (BiT ResNet-50 v1.5: GroupNorm + weight-standardized convs).
 `heads.build_model(config)` with a 1000-way classifier task, `optim.make_optimizer` (AdamW,
 clipping, warmup+cosine schedule: the defaults) and `train.make_train_step`, jitted with the state
 donated, on one CPU device: exactly the step `bigvis.train` runs, less the sharding annotations,
 which are no-ops on one device.
 
-`python bench/bigvis_vit.py --worker --batch 32 --dtype bfloat16` compiles, runs warm-up steps,
-prints one `@@{json}` line (compile seconds, param count, analytic FLOPs), then for each `run N`
-line on stdin runs N timed steps and prints one `@@{json}` line with each step's seconds;
-`quit` ends it. Standalone (no --worker) it prints images/s.
+`python bench/bigvis_vit.py --worker --model vit-s16 --batch 16 --dtype bfloat16` compiles, runs
+warm-up steps, prints one `@@{json}` line (compile seconds, param count, analytic FLOPs), then for
+each `run N` line on stdin runs N timed steps and prints one `@@{json}` line with each step's
+seconds; `quit` ends it. Standalone (no --worker) it prints images/s.
 """
 import argparse
 import json
@@ -26,12 +30,18 @@ import numpy as np  # noqa: E402
 from bigvis import config as config_lib, heads, metrics, optim, train  # noqa: E402
 
 
-def make_config(batch, dtype):
+MODELS = {  # --model -> (config.model.name, config.model.variant)
+    'vit-ti16': ('vit', 'Ti/16'),
+    'vit-s16': ('vit', 'S/16'),
+    'resnet50': ('resnet', '50'),
+}
+
+
+def make_config(batch, dtype, model='vit-ti16'):
   c = config_lib.defaults()
   c.batch_size = batch
-  c.model.name = 'vit'
-  c.model.variant = 'Ti/16'
-  c.model.pool_type = 'tok'
+  c.model.name, c.model.variant = MODELS[model]
+  c.model.pool_type = 'tok'  # ViT only; the ResNet reads no pool_type.
   c.model.dtype = dtype
   c.tasks.labels = config_lib.task('classifier', 'label', 1000)
   c.optimizer.name = 'adamw'
@@ -46,6 +56,7 @@ def _emit(obj):
 
 def main():
   ap = argparse.ArgumentParser()
+  ap.add_argument('--model', choices=list(MODELS), default='vit-ti16')
   ap.add_argument('--batch', type=int, default=32)
   ap.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
   ap.add_argument('--warmup', type=int, default=2, help='untimed steps (the first compiles)')
@@ -54,7 +65,7 @@ def main():
   ap.add_argument('--worker', action='store_true', help='line protocol for the driver')
   args = ap.parse_args()
 
-  c = make_config(args.batch, args.dtype)
+  c = make_config(args.batch, args.dtype, args.model)
   model = heads.build_model(c)
   tx, lr = optim.make_optimizer(c.optimizer, c.total_steps)
   rng = np.random.default_rng(args.seed)
@@ -78,7 +89,8 @@ def main():
     jax.block_until_ready((state, out))
     warm_times.append(time.perf_counter() - t)
   setup = dict(
-      side='bigvis', dtype=args.dtype, batch=args.batch, devices=[str(d) for d in jax.devices()],
+      side='bigvis', model=args.model, model_config=c.model.to_dict(), dtype=args.dtype,
+      batch=args.batch, devices=[str(d) for d in jax.devices()],
       params=int(sum(x.size for x in jax.tree.leaves(params))), fwd_flops=int(fwd_flops),
       train_flops=int(3 * fwd_flops), warmup_step_seconds=warm_times,
       warmup_seconds=time.perf_counter() - t0, loss=float(out['loss']))
@@ -96,7 +108,7 @@ def main():
   if not args.worker:
     res = timed(args.steps)
     print(json.dumps(setup))
-    print(f'{args.dtype}: {args.steps * args.batch / sum(res["step_seconds"]):.2f} images/s '
+    print(f'{args.model} {args.dtype}: {args.steps * args.batch / sum(res["step_seconds"]):.2f} images/s '
           f'(loss {res["loss"]:.4f})')
     return
   _emit(setup)
