@@ -244,9 +244,8 @@ def fmt(x, digits=2):
 
 
 NO_BF16 = ('this CPU has neither AVX-512 BF16 nor AMX, and torch 2.13 then runs bf16 matmuls '
-           'on a slow path: 1.4 GFLOP/s at 512x512 on the AVX2-only dev CPU, against ~55 in '
-           'float32 (ViT-Ti/16 at batch 32: ~3 min a step), so these rows would take hours; '
-           '--rows runs them anyway')
+           'on a slow path (1.4 GFLOP/s at 512x512 on the AVX2-only dev CPU, two orders of '
+           'magnitude below float32), so these rows would take hours; --rows runs them anyway')
 
 
 def native_bf16():
@@ -276,8 +275,9 @@ def write_markdown(path, res):
       + f'{fmt(ceil.get("other_cores"))} cores meanwhile.',
   ]
   if c.get('rows_skipped'):
-    lines += ['', 'Not run: ' + '; '.join(f'{n} ({why})' for n, why in c['rows_skipped'].items())
-              + '.']
+    for why in dict.fromkeys(c['rows_skipped'].values()):
+      names = [n for n, w in c['rows_skipped'].items() if w == why]
+      lines += ['', f'Not run: {", ".join(names)}: {why}.']
   for model, mr in res['models'].items():
     mc = mr['config']
     fl = mc.get('train_flops_per_image')
