@@ -58,7 +58,7 @@ sys.path.insert(0, ROOT)
 
 import machine  # noqa: E402  (bench/machine.py: this script's folder is on sys.path)
 
-from bigvis import checkpoint, config as config_lib, heads, optim, pretrained  # noqa: E402
+from bigvis import checkpoint, config as config_lib, fileio, heads, optim, pretrained  # noqa: E402
 from bigvis import sharding, train  # noqa: E402
 
 HZ = os.sysconf('SC_CLK_TCK')
@@ -353,10 +353,8 @@ def main():
       workdir_fs=filesystem(workdir), loadavg_before=[round(x, 2) for x in loadavg_before],
       loadavg_after=[round(x, 2) for x in os.getloadavg()], models=models)
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out + '.json', 'w') as f:
-    json.dump(result, f, indent=1)
-  with open(out + '.md', 'w') as f:
-    f.write(markdown(result))
+  fileio.write_text_atomic(out + '.json', json.dumps(result, indent=1))
+  fileio.write_text_atomic(out + '.md', markdown(result))
   print(markdown(result))
 
 

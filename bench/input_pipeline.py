@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 import machine  # noqa: E402  (bench/machine.py: this script's folder is on sys.path)
 from torch_env import TORCH_PY, ensure_torch_venv, project_pins  # noqa: E402
 
-from bigvis import data, records, synthetic  # noqa: E402
+from bigvis import data, fileio, records, synthetic  # noqa: E402
 
 HZ = os.sysconf('SC_CLK_TCK')
 PP = 'decode|random_resized_crop({size})|flip_lr|value_range(-1, 1)'
@@ -384,10 +384,8 @@ def main():
       loadavg_after=[round(x, 2) for x in os.getloadavg()], waited_s=waited,
       rows=rows, summary=summarize(rows), ratios=ratios(rows))
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out + '.json', 'w') as f:
-    json.dump(result, f, indent=1)
-  with open(out + '.md', 'w') as f:
-    f.write(markdown(result))
+  fileio.write_text_atomic(out + '.json', json.dumps(result, indent=1))
+  fileio.write_text_atomic(out + '.md', markdown(result))
   print(markdown(result))
   differs = torch_info and any(c['identical'] != c['examples'] for c in torch_info['check'].values())
   return 1 if errors or differs else 0  # the markdown names which

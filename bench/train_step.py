@@ -31,7 +31,10 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, ROOT)
 from torch_env import TORCH_PY, ensure_torch_venv  # noqa: E402  (bench/torch_env.py)
+
+from bigvis import fileio  # noqa: E402  (stdlib only: the driver imports no jax)
 HZ = os.sysconf('SC_CLK_TCK')
 
 MODELS = {  # --models name -> title, default batch, default timed steps per segment
@@ -324,8 +327,7 @@ def write_markdown(path, res):
     lines += ['', f'Matmul ceiling failed: {ceil["error"].splitlines()[0]}']
   if res['notes']:
     lines += ['', '## Notes', ''] + [f'- {n}' for n in res['notes']]
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  fileio.write_text_atomic(path, '\n'.join(lines) + '\n')
 
 
 def _ints(text, models, what):
@@ -521,8 +523,7 @@ def main():
 
 def write_results(out, res):
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out + '.json', 'w') as f:
-    json.dump(res, f, indent=2)
+  fileio.write_text_atomic(out + '.json', json.dumps(res, indent=2))
   write_markdown(out + '.md', res)
   with open(out + '.md') as f:
     print(f.read())
