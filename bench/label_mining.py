@@ -6,7 +6,7 @@
 Text corpus: text only (each record's image is the same 1x1 PNG with the record number in a
 tEXt chunk, 80 bytes, so image work is nil and the corpus writer's de-duplication keeps it),
 built by resampling the real corpora's text fields (runs/data/emoji and runs/data/openclipart,
-train split; prepare them with tools/prepare.py). Half the records are emoji-like: name,
+train split; made with tools/prepare.py when missing). Half the records are emoji-like: name,
 short_names, category, subcategory and the keywords of 1-3 random languages (of 10), every field
 drawn from an independent random emoji record; half are OpenClipArt-like: title, description
 (when the drawn record has one) and keywords, each from an independent random clip-art record.
@@ -26,6 +26,7 @@ import logging
 import os
 import platform
 import struct
+import subprocess
 import sys
 import time
 import zlib
@@ -60,8 +61,11 @@ def pools(data_dir: str) -> tuple[list[dict], list[dict]]:
   out = []
   for name in ("emoji", "openclipart"):
     path = os.path.join(data_dir, name)
-    if not os.path.isdir(path):
-      raise SystemExit(f"{path} missing: python tools/prepare.py {name} --out {path}")
+    if not os.path.isdir(path):  # a fresh checkout (make bench): prepare it, as the demo does
+      cmd = [sys.executable, os.path.join(ROOT, "tools", "prepare.py"), name, "--out", path]
+      print(f"{path} missing; making it: {' '.join(cmd[1:])}", flush=True)
+      if subprocess.run(cmd, cwd=ROOT).returncode:
+        raise SystemExit(f"{path}: tools/prepare.py {name} failed (see above)")
     out.append([dict(records.decode(raw, p).texts) for p in records.shard_paths(path, "train")
                 for raw in records.read_shard(p)])
   return out[0], out[1]
