@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
+KERNEL := bigvis/kernels/_cpu_attention.so
+
 .PHONY: demo test bench
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
@@ -14,18 +16,22 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
+# The fused CPU attention kernel, compiled for this machine (bigvis/kernels/cpu_attention.py).
+$(KERNEL): bigvis/kernels/cpu_attention.cc bigvis/kernels/cpu_attention.py $(VENV)/.installed
+	$(PY) -m bigvis.kernels.cpu_attention
+
 # The main job, start to finish, on a fresh run folder: prepare, mine labels, pretrain, fine-tune
 # (and the scratch baseline), embed, index, evaluate; the report lands in $(DEMO_DIR)/report.json.
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed $(KERNEL)
 	rm -rf $(DEMO_DIR)
 	$(PY) tools/demo.py --workdir $(DEMO_DIR)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(KERNEL)
 	$(PY) -m pytest -q tests
 
 # Every speed benchmark in turn (~1 h here); tables land in bench/results/ (SUMMARY.md collects
 # them). Benchmark-only packages (FAISS) come from bench/requirements.txt; PyTorch gets its own
 # venv, made by the benchmarks that need it (bench/torch_env.py).
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(KERNEL)
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	$(PY) bench/run_all.py

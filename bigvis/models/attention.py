@@ -1,8 +1,10 @@
 """Dot-product attention laid out for XLA's CPU and GPU dots, with a hand-written backward pass.
 
 A drop-in `attention_fn` for flax's `MultiHeadDotProductAttention` (same [batch, tokens, heads,
-head_dim] inputs and output, same maths: softmax(q k^T / sqrt(d)) v). Two things make it faster
-than flax's default on CPU, measured with ViT-Ti/16 shapes in bench/train_step.py:
+head_dim] inputs and output, same maths: softmax(q k^T / sqrt(d)) v). In float32 on one CPU
+device it calls bigvis's fused kernel (bigvis/kernels/cpu_attention.cc; ViT-Ti/16's attention
+fwd+bwd ~2x faster than the XLA path below). Elsewhere (GPU/TPU, bf16, sharded CPU runs), the XLA
+path; two things make it faster than flax's default on CPU (ViT-Ti/16 shapes, bench/train_step.py):
 - batch and heads are folded into one leading batch dim before the dots, so each dot is a plain
   batched matmul; flax's '...qhd,...khd->...hqk' layout made XLA's CPU forward ~3x slower;
 - the backward pass is written out (custom_vjp) from the saved probabilities, with the score
@@ -12,6 +14,8 @@ differences softmax depends on); the probabilities are cast back for the second 
 """
 import jax
 import jax.numpy as jnp
+
+from bigvis.kernels import cpu_attention
 
 
 def _scores(q, k):
@@ -43,6 +47,16 @@ def _attend_bwd(res, g):
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
+def use_cpu_kernel(dtype):
+  """Whether attention runs in bigvis's fused CPU kernel (bigvis/kernels/cpu_attention.cc).
+
+  Only in float32 on a one-device CPU backend: XLA cannot split the kernel's custom call across
+  a device mesh, so sharded runs (and bf16, and GPU/TPU) keep the XLA path below.
+  """
+  return (jnp.dtype(dtype) == jnp.float32 and jax.device_count() == 1
+          and cpu_attention.available())
+
+
 def dot_product_attention(query, key, value, bias=None, mask=None, dropout_rate=0.0,
                           dtype=None, **unused):
   """[batch..., q, heads, d], [batch..., k, heads, d] x2 -> [batch..., q, heads, d].
@@ -55,6 +69,10 @@ def dot_product_attention(query, key, value, bias=None, mask=None, dropout_rate=
   dtype = dtype or query.dtype
   *batch, nq, heads, d = query.shape
   nk = key.shape[-3]
+  if use_cpu_kernel(dtype):
+    flat = lambda x: x.astype(dtype).reshape(-1, *x.shape[-3:])
+    out = cpu_attention.attention(flat(query), flat(key), flat(value), d ** -0.5)
+    return out.reshape(*batch, nq, heads, d)
 
   def fold(x, n):  # [..., n, h, d] -> [prod(...) * h, n, d]
     x = jnp.moveaxis(x.astype(dtype), -2, -3)
