@@ -1,9 +1,9 @@
 """bigvis: billion-scale multi-task visual representation learning in JAX/Flax."""
 import os
 
-# XLA's CPU backend hands dots to YNNPACK by default; its dots ran bigvis's ViT-Ti/16 training step
-# ~10% slower on the dev CPU than XLA's own (Eigen) ones (bench/results/train_step.md), so bigvis
-# opts out unless XLA_FLAGS already says otherwise. It only takes effect if set before JAX starts
+# XLA's CPU backend hands dots to YNNPACK by default; with them ViT-Ti/16's fwd+bwd took ~10% longer
+# on the 2-core dev CPU than with XLA's own (Eigen) dots (3.88 vs 3.47 s at batch 32, one run after
+# the other), so bigvis opts out unless XLA_FLAGS already names the flag. It only takes effect if set before JAX starts
 # its CPU backend, i.e. when bigvis is imported before the first computation, and does nothing on
 # GPU or TPU.
 _YNN = '--xla_cpu_experimental_ynn_fusion_type'
