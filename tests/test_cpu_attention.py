@@ -1,4 +1,8 @@
 """The fused CPU attention kernel (bigvis/kernels/cpu_attention.cc) against flax's attention."""
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -76,7 +80,21 @@ def test_vit_with_kernel_equals_xla_attention(monkeypatch):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
-def test_kernel_only_for_float32_on_one_cpu_device():
+def test_kernel_only_for_float32_on_one_cpu_device(monkeypatch):
   # The suite runs with 8 simulated devices: sharded runs keep XLA's attention.
   assert jax.device_count() == 8 and not attention.use_cpu_kernel(jnp.float32)
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)
+  assert attention.use_cpu_kernel(jnp.float32)
   assert not attention.use_cpu_kernel(jnp.bfloat16)
+
+
+@pytest.mark.parametrize('flags,expected', [
+    ('', '--xla_cpu_experimental_ynn_fusion_type='),
+    ('--xla_cpu_experimental_ynn_fusion_type=dot', '--xla_cpu_experimental_ynn_fusion_type=dot'),
+])
+def test_import_turns_ynnpack_dots_off_unless_the_user_chose(flags, expected):
+  env = dict(os.environ, XLA_FLAGS=flags)
+  out = subprocess.run([sys.executable, '-c', 'import os, bigvis; print(os.environ["XLA_FLAGS"])'],
+                       env=env, capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.stdout.strip() == expected
