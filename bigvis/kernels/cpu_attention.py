@@ -5,7 +5,7 @@
 wheel and compiles against the XLA FFI headers that jaxlib ships. `available()` says whether the
 built library loaded; bigvis.models.attention falls back to its XLA path where it did not (no
 compiler, another platform), so the kernel only ever changes speed, never results beyond float
-rounding (tests/test_models.py compares the two).
+rounding (tests/test_cpu_attention.py compares the two).
 """
 import ctypes
 import functools
@@ -41,7 +41,11 @@ def build(library=LIBRARY, verbose=False):
     for cmd in (compile_cmd, link_cmd):
       if verbose:
         print(' '.join(cmd))
-      subprocess.run(cmd, check=True)
+      try:
+        subprocess.run(cmd, check=True)
+      except FileNotFoundError:
+        sys.exit('bigvis: g++ not found: install a C++ compiler (Debian: apt install g++) to '
+                 'build the CPU attention kernel; without it bigvis uses XLA\'s attention')
     os.replace(tmp, library)
   finally:
     for path in (tmp, tmp + '.o'):
