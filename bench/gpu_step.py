@@ -69,11 +69,16 @@ def versions():
   return out
 
 
-def write_json(path, obj):
+def write_text(path, text):
+  """Writes on a temporary name, then renames: a killed run leaves the old file whole."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json(path, obj):
+  write_text(path, json.dumps(obj, indent=2))
 
 
 def is_oom(e):
@@ -497,8 +502,7 @@ def cmd_report(args):
   res['markdown'] = '\n'.join(lines) + '\n'
   os.makedirs(args.out_dir, exist_ok=True)
   write_json(os.path.join(args.out_dir, args.name + '.json'), res)
-  with open(os.path.join(args.out_dir, args.name + '.md'), 'w') as f:
-    f.write(res['markdown'])
+  write_text(os.path.join(args.out_dir, args.name + '.md'), res['markdown'])
   print(res['markdown'])
   print(f'wrote {os.path.join(args.out_dir, args.name)}.json and .md')
   return 0 if all(r.get('status') == 'ok' for r in rows) else 1

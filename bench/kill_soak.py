@@ -83,7 +83,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from bigvis import metrics, synthetic  # noqa: E402
+from bigvis import fileio, metrics, synthetic  # noqa: E402
 
 
 # --- The trainer as a child process.
@@ -432,10 +432,8 @@ def main():
                        t['to_save_logged_s'] or 0 for t in terms), 2) if terms else None),
       summary=summary, ok=not failures, failures=failures)
   os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
-  with open(ARGS.out + '.json', 'w') as f:
-    json.dump(result, f, indent=1, default=str)
-  with open(ARGS.out + '.md', 'w') as f:
-    f.write(markdown(result))
+  fileio.write_text_atomic(ARGS.out + '.json', json.dumps(result, indent=1, default=str))
+  fileio.write_text_atomic(ARGS.out + '.md', markdown(result))
   print(markdown(result))
   sys.exit(0 if not failures else 1)
 

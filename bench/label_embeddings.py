@@ -63,7 +63,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 
-from bigvis import records  # noqa: E402
+from bigvis import fileio, records  # noqa: E402
 from bigvis.labels import MinerConfig, cluster, local, steps, text  # noqa: E402
 from bigvis.labels import vocab as vocab_lib  # noqa: E402
 from bigvis.labels.config import LABEL_EMBEDDINGS, parse_weights  # noqa: E402
@@ -370,11 +370,9 @@ def main():
                                       [int(x) for x in a.seeds.split(",")])
   res["load_after"] = [round(x, 2) for x in os.getloadavg()]
   os.makedirs(os.path.dirname(a.out), exist_ok=True)
-  with open(a.out + ".json", "w", encoding="utf-8") as f:
-    json.dump(res, f, indent=1, ensure_ascii=False)
+  fileio.write_text_atomic(a.out + ".json", json.dumps(res, indent=1, ensure_ascii=False))
   md = markdown(res)
-  with open(a.out + ".md", "w", encoding="utf-8") as f:
-    f.write(md + "\n")
+  fileio.write_text_atomic(a.out + ".md", md + "\n")
   print(md)
 
 

@@ -37,7 +37,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 
-from bigvis import records  # noqa: E402
+from bigvis import fileio, records  # noqa: E402
 from bigvis.corpora import write_corpus  # noqa: E402
 from bigvis.labels import MinerConfig, local, text  # noqa: E402  (beam: lazily, so spawned
 #   local workers, which re-import this module, do not pay for importing apache_beam)
@@ -181,8 +181,7 @@ def main():
       n: same_files(outs["local"], outs[n]) for n in outs if n != "local" and n not in failed}
 
   os.makedirs(os.path.dirname(a.out), exist_ok=True)
-  with open(a.out + ".json", "w") as f:
-    json.dump(res, f, indent=1)
+  fileio.write_text_atomic(a.out + ".json", json.dumps(res, indent=1))
   lines = [f"# Label mining throughput ({res['date']}, {cores} cores, Python "
            f"{res['machine']['python']}, apache-beam {res['machine']['apache_beam']})", "",
            "Text-only corpus resampled from the emoji + OpenClipArt text fields (see "
@@ -197,8 +196,7 @@ def main():
             f"Vocabulary: {json.dumps(big_row['vocab'])}",
             f"Artifacts byte-identical to the local runner's: "
             f"{json.dumps(res['identical_artifacts_local_vs_beam'])}", ""]
-  with open(a.out + ".md", "w") as f:
-    f.write("\n".join(lines))
+  fileio.write_text_atomic(a.out + ".md", "\n".join(lines))
   print("\n".join(lines))
 
 

@@ -74,9 +74,10 @@ def main():
       "embeddings": [[round(float(v), 5) for v in row] for row in emb],
   }
   os.makedirs(os.path.dirname(a.out), exist_ok=True)
-  with open(a.out, "w", encoding="utf-8") as f:
+  with open(a.out + ".tmp", "w", encoding="utf-8") as f:  # then renamed: never half a file
     json.dump(out, f, ensure_ascii=False, indent=None, separators=(",", ":"))
     f.write("\n")
+  os.replace(a.out + ".tmp", a.out)
   print(f"wrote {a.out}: {len(SENTENCES)} x {emb.shape[1]}; cos(cat, kitten)="
         f"{emb[0] @ emb[1]:.4f}, cos(cat, airplane)={emb[0] @ emb[2]:.4f}")
 
