@@ -30,6 +30,7 @@ ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 
 import machine  # noqa: E402  (bench/machine.py: this script's folder is on sys.path)
+import workers  # noqa: E402  (bench/workers.py)
 from torch_env import TORCH_PY, ensure_torch_venv, project_pins  # noqa: E402
 
 from bigvis import data, fileio, records, synthetic  # noqa: E402
@@ -158,15 +159,7 @@ class TorchWorker:
     return self._read()
 
   def close(self):
-    if self.proc.poll() is None:
-      try:
-        self.proc.stdin.write('quit\n')
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=30)
-      except (BrokenPipeError, subprocess.TimeoutExpired):
-        self.proc.kill()
-        self.proc.wait()
-    self.log.close()
+    workers.stop(self.proc, self.log)
 
 
 def run_torch_segment(worker, paths, size, workers, args, seed):

@@ -33,6 +33,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 from torch_env import TORCH_PY, ensure_torch_venv  # noqa: E402  (bench/torch_env.py)
+import workers  # noqa: E402  (bench/workers.py)
 
 from bigvis import fileio  # noqa: E402  (stdlib only: the driver imports no jax)
 HZ = os.sysconf('SC_CLK_TCK')
@@ -152,15 +153,7 @@ class Worker:
     return out
 
   def close(self):
-    if self.proc.poll() is None:
-      try:
-        self.proc.stdin.write('quit\n')
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=30)
-      except (BrokenPipeError, subprocess.TimeoutExpired):
-        self.proc.kill()
-        self.proc.wait()
-    self.log.close()
+    workers.stop(self.proc, self.log)
 
 
 def measure_ceiling(args):
