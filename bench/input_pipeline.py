@@ -30,7 +30,7 @@ ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 
 import machine  # noqa: E402  (bench/machine.py: this script's folder is on sys.path)
-import workers  # noqa: E402  (bench/workers.py)
+import worker_proc  # noqa: E402  (bench/worker_proc.py)
 from torch_env import TORCH_PY, ensure_torch_venv, project_pins  # noqa: E402
 
 from bigvis import data, fileio, records, synthetic  # noqa: E402
@@ -159,7 +159,7 @@ class TorchWorker:
     return self._read()
 
   def close(self):
-    workers.stop(self.proc, self.log)
+    worker_proc.stop(self.proc, self.log)
 
 
 def run_torch_segment(worker, paths, size, workers, args, seed):

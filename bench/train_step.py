@@ -33,7 +33,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 from torch_env import TORCH_PY, ensure_torch_venv  # noqa: E402  (bench/torch_env.py)
-import workers  # noqa: E402  (bench/workers.py)
+import worker_proc  # noqa: E402  (bench/worker_proc.py)
 
 from bigvis import fileio  # noqa: E402  (stdlib only: the driver imports no jax)
 HZ = os.sysconf('SC_CLK_TCK')
@@ -153,7 +153,7 @@ class Worker:
     return out
 
   def close(self):
-    workers.stop(self.proc, self.log)
+    worker_proc.stop(self.proc, self.log)
 
 
 def measure_ceiling(args):
