@@ -2,13 +2,14 @@
 import math
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from bigvis.models import build_trunk, feature_dim, vit
+from bigvis.models import build_trunk, feature_dim, layers, vit
 
 
 def _cfg(**kw):
@@ -225,8 +226,8 @@ def test_matmul_equals_dot_general_values_and_gradients(lhs_shape, rhs_shape, di
   ref = jax.lax.dot_general(lhs, rhs, dims)
   w = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
   grads = lambda f: jax.grad(lambda a, b: jnp.sum(f(a, b, dims) * w), argnums=(0, 1))(lhs, rhs)
-  np.testing.assert_allclose(vit.matmul(lhs, rhs, dims), ref, rtol=1e-5, atol=1e-5)
-  for got, want in zip(grads(vit.matmul), grads(jax.lax.dot_general)):
+  np.testing.assert_allclose(layers.matmul(lhs, rhs, dims), ref, rtol=1e-5, atol=1e-5)
+  for got, want in zip(grads(layers.matmul), grads(jax.lax.dot_general)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -251,7 +252,7 @@ def test_vit_gradient_makes_no_transposed_copy_of_activations():
   """Each weight-gradient dot reads the activations and their gradient in place.
 
   On [B, N, D] operands, XLA's CPU backend copied one of them into a transposed buffer first
-  (~1.7x the dot's own time at ViT-Ti/16 shapes); vit.matmul hands it 2-D operands instead.
+  (~1.7x the dot's own time at ViT-Ti/16 shapes); layers.matmul hands it 2-D operands instead.
   """
   # One head: the XLA attention path's head transposes are then free bitcasts, not copies.
   trunk = vit.ViT(width=32, depth=2, mlp_dim=64, num_heads=1, patch_size=8, pool_type='gap')
@@ -263,3 +264,41 @@ def test_vit_gradient_makes_no_transposed_copy_of_activations():
   assert len(dots) >= 2 * 6, dots  # q, k, v, out and two MLP kernels in each of 2 blocks
   copied = [op for dot in dots for op in dot if re.search('copy|transpose', op)]
   assert not copied, copied
+
+
+def _row_reductions(hlo, batch, tokens):
+  """Reduce / reduce-window ops in compiled HLO text that sum [batch, tokens, ...] over both."""
+  shapes = {m[1]: tuple(int(d) for d in m[2].split(',') if d)
+            for m in re.finditer(r'(%[\w.-]+) = \w+\[([\d,]*)\]', hlo)}
+  found = []
+  for m in re.finditer(r'(%[\w.-]+) = \S+ (reduce(?:-window)?)\((%[\w.-]+),[^\n]*', hlo):
+    if shapes[m[3]][:2] != (batch, tokens):
+      continue
+    if m[2] == 'reduce':
+      dims = {int(d) for d in re.search(r'dimensions=\{([\d,]*)\}', m[0])[1].split(',') if d}
+      over_rows = {0, 1} <= dims
+    else:
+      size = [int(s) for s in re.search(r'size=([\dx]+)', m[0])[1].split('x')]
+      over_rows = size[0] > 1 and size[1] > 1
+    if over_rows:
+      found.append(m[0][:120])
+  return found
+
+
+def test_vit_gradient_sums_rows_with_dots(monkeypatch):
+  """Bias and LayerNorm-scale gradients (sums over all B*N rows) are matrix-vector products.
+
+  As reductions, XLA's CPU backend splits them into a strided, single-threaded reduce-window
+  (~6x slower than the dot at ViT-Ti/16 shapes); bigvis.models.layers writes them as dots.
+  """
+  trunk = vit.ViT(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8, pool_type='gap')
+  images = _images(px=64, batch=3)
+  params = _random_params(trunk, images)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(trunk.apply({'params': p}, images)[0] ** 2)))
+  found = _row_reductions(grads.lower(params).compile().as_text(), 3, (64 // 8) ** 2)
+  # One is left: the patch-embedding conv's bias (flax's nn.Conv; ~1.5 ms of a ViT-Ti/16 step).
+  assert len(found) == 1, found
+  # The check sees such sums: flax's LayerNorm in the same model adds two per block LayerNorm.
+  monkeypatch.setattr(layers, 'LayerNorm', nn.LayerNorm)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(trunk.apply({'params': p}, images)[0] ** 2)))
+  assert len(_row_reductions(grads.lower(params).compile().as_text(), 3, 64)) >= 1 + 2 * 4

@@ -5,15 +5,13 @@ the sharding rules (regexes over these paths) apply unchanged:
   embedding, cls, pos_embedding, Transformer/encoderblock_{i}/..., Transformer/encoder_norm,
   MAPHead_0, head.
 """
-import math
 import re
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvis.models import attention
+from bigvis.models import attention, layers
 
 # name -> (width, depth, mlp_dim, num_heads), Zhai et al. 2022 table 2.
 VARIANTS = {
@@ -56,27 +54,6 @@ def posemb_sincos_2d(h, w, width, temperature=10_000.):
 _XAVIER = nn.initializers.xavier_uniform()
 
 
-def matmul(lhs, rhs, dimension_numbers, precision=None, **kw):
-  """`lax.dot_general` for the dense layers, computed as one 2-D matmul.
-
-  The layers contract the trailing axes of [B, N, ...] activations with the leading axes of the
-  kernel. As written, each weight gradient is a dot over several axes (B and N), and XLA's CPU
-  backend first copies one operand into a transposed buffer for it (ViT-Ti/16: 12 copies of
-  [768, 6304] floats per step and 60 of [192, 6304]; the MLP's kernel gradient took 34 ms that
-  way against 20 ms as a 2-D dot). Reshaped to matrices, which costs nothing, every dot of the
-  forward and backward pass reads its operands in place.
-  """
-  (lhs_c, rhs_c), batch = dimension_numbers
-  n = len(lhs_c)
-  if (any(batch) or tuple(lhs_c) != tuple(range(lhs.ndim - n, lhs.ndim))
-      or tuple(rhs_c) != tuple(range(n))):
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, **kw)
-  k = math.prod(rhs.shape[:n])
-  out = jax.lax.dot_general(lhs.reshape(-1, k), rhs.reshape(k, -1), (((1,), (0,)), ((), ())),
-                            precision, **kw)
-  return out.reshape(*lhs.shape[:lhs.ndim - n], *rhs.shape[n:])
-
-
 class MlpBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
@@ -84,8 +61,8 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic=True):
-    dense = lambda n: nn.Dense(n, dtype=self.dtype, kernel_init=_XAVIER, dot_general=matmul,
-                               bias_init=nn.initializers.normal(stddev=1e-6))
+    dense = lambda n: layers.Dense(n, dtype=self.dtype, kernel_init=_XAVIER,
+                                   bias_init=nn.initializers.normal(stddev=1e-6))
     d = x.shape[-1]
     x = nn.gelu(dense(self.mlp_dim)(x))
     x = nn.Dropout(self.dropout)(x, deterministic)
@@ -93,9 +70,7 @@ class MlpBlock(nn.Module):
 
 
 def _attention(num_heads, dtype):
-  return nn.MultiHeadDotProductAttention(num_heads=num_heads, kernel_init=_XAVIER, dtype=dtype,
-                                         attention_fn=attention.dot_product_attention,
-                                         qkv_dot_general=matmul, out_dot_general=matmul)
+  return attention.MultiHeadDotProductAttention(num_heads, dtype=dtype, kernel_init=_XAVIER)
 
 
 class Encoder1DBlock(nn.Module):
@@ -107,10 +82,10 @@ class Encoder1DBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic=True):
-    y = nn.LayerNorm(dtype=self.dtype)(x)
-    y = _attention(self.num_heads, self.dtype)(y, y, deterministic=deterministic)
+    y = layers.LayerNorm(dtype=self.dtype)(x)
+    y = _attention(self.num_heads, self.dtype)(y, y)
     x = x + nn.Dropout(self.dropout)(y, deterministic)
-    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = layers.LayerNorm(dtype=self.dtype)(x)
     y = MlpBlock(self.mlp_dim, self.dropout, self.dtype)(y, deterministic)
     return x + nn.Dropout(self.dropout)(y, deterministic)
 
@@ -133,7 +108,7 @@ class Encoder(nn.Module):
       block = block_cls(self.mlp_dim, self.num_heads, self.dropout, self.dtype,
                         name=f'encoderblock_{i}')
       x = out[f'block_{i}'] = block(x, deterministic)
-    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x), out
+    return layers.LayerNorm(dtype=self.dtype, name='encoder_norm')(x), out
 
 
 class MAPHead(nn.Module):
@@ -147,7 +122,7 @@ class MAPHead(nn.Module):
     probe = self.param('probe', _XAVIER, (1, 1, x.shape[-1]), jnp.float32)
     probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
     x = _attention(self.num_heads, self.dtype)(probe, x)
-    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = layers.LayerNorm(dtype=self.dtype)(x)
     x = x + MlpBlock(self.mlp_dim, dtype=self.dtype)(y)
     return x[:, 0]
 
