@@ -1,13 +1,13 @@
 """Dot-product attention laid out for XLA's CPU and GPU dots, with a hand-written backward pass.
 
 `MultiHeadDotProductAttention` is flax's module of that name (same parameters: query, key, value
-and out, same initialisers) built from `layers.Dense`, whose bias gradients XLA's CPU backend
-computes ~6x faster than flax's (see layers.py). `dot_product_attention` is also a drop-in
-`attention_fn` for flax's module (same [batch, tokens, heads, head_dim] inputs and output, same
-maths: softmax(q k^T / sqrt(d)) v). In float32 on one CPU
-device it calls bigvis's fused kernel (bigvis/kernels/cpu_attention.cc; ViT-Ti/16's attention
-fwd+bwd ~2x faster than the XLA path below). Elsewhere (GPU/TPU, bf16, sharded CPU runs), the XLA
-path; two things make it faster than flax's default on CPU (ViT-Ti/16 shapes, bench/train_step.py):
+and out, same initialisers) built from `layers.Dense`, whose weight and bias gradients are plain
+dots (see layers.py). `dot_product_attention` is also a drop-in `attention_fn` for flax's module
+(same [batch, tokens, heads, head_dim] inputs and output, same maths: softmax(q k^T / sqrt(d)) v).
+In float32 on one CPU device it calls bigvis's fused kernel (bigvis/kernels/cpu_attention.cc;
+ViT-Ti/16's attention fwd+bwd ~2x faster than the XLA path below). Elsewhere (GPU/TPU, bf16,
+sharded CPU runs), the XLA path; two things make it faster than flax's default on CPU (ViT-Ti/16
+shapes, bench/train_step.py):
 - batch and heads are folded into one leading batch dim before the dots, so each dot is a plain
   batched matmul; flax's '...qhd,...khd->...hqk' layout made XLA's CPU forward ~3x slower;
 - the backward pass is written out (custom_vjp) from the saved probabilities, with the score
