@@ -101,7 +101,7 @@ def _layer_norm_fwd(x, scale, bias, eps, dtype):
 
 def _layer_norm_bwd(eps, dtype, res, g):
   x, mean, rstd, scale = res
-  xhat = (x.astype(jnp.float32) - mean) * rstd
+  xhat = (x.astype(jnp.float32) - mean) * rstd  # Recomputed in the fused pass: no [B, N, D] kept.
   g = g.astype(jnp.float32)
   gs = g * scale
   dx = rstd * (gs - _rowmean(gs) - xhat * _rowmean(gs * xhat))
