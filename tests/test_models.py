@@ -231,11 +231,15 @@ def test_matmul_equals_dot_general_values_and_gradients(lhs_shape, rhs_shape, di
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _hlo_defs(hlo):
+  """name -> (shape, text after the shape) of each instruction in compiled HLO text."""
+  return {m[1]: (tuple(int(d) for d in m[2].split(',') if d), m[3])
+          for m in re.finditer(r'(%[\w.-]+) = \w+\[([\d,]*)\]\S* (.*)', hlo)}
+
+
 def _weight_gradient_dots(hlo, rows):
   """(lhs, rhs) producer names of each dot in compiled HLO text that contracts `rows` rows."""
-  defs = {}  # name -> (shape, text after '=')
-  for m in re.finditer(r'(%[\w.-]+) = \w+\[([\d,]*)\]\S* (.*)', hlo):
-    defs[m[1]] = tuple(int(d) for d in m[2].split(',') if d), m[3]
+  defs = _hlo_defs(hlo)
   def producer(name):  # Looks through bitcasts, which are free.
     while (m := re.match(r'bitcast\((%[\w.-]+)\)', defs[name][1])):
       name = m[1]
@@ -268,11 +272,10 @@ def test_vit_gradient_makes_no_transposed_copy_of_activations():
 
 def _row_reductions(hlo, batch, tokens):
   """Reduce / reduce-window ops in compiled HLO text that sum [batch, tokens, ...] over both."""
-  shapes = {m[1]: tuple(int(d) for d in m[2].split(',') if d)
-            for m in re.finditer(r'(%[\w.-]+) = \w+\[([\d,]*)\]', hlo)}
+  defs = _hlo_defs(hlo)
   found = []
   for m in re.finditer(r'(%[\w.-]+) = \S+ (reduce(?:-window)?)\((%[\w.-]+),[^\n]*', hlo):
-    if shapes[m[3]][:2] != (batch, tokens):
+    if defs[m[3]][0][:2] != (batch, tokens):
       continue
     if m[2] == 'reduce':
       dims = {int(d) for d in re.search(r'dimensions=\{([\d,]*)\}', m[0])[1].split(',') if d}
@@ -294,11 +297,12 @@ def test_vit_gradient_sums_rows_with_dots(monkeypatch):
   trunk = vit.ViT(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8, pool_type='gap')
   images = _images(px=64, batch=3)
   params = _random_params(trunk, images)
-  grads = jax.jit(jax.grad(lambda p: jnp.sum(trunk.apply({'params': p}, images)[0] ** 2)))
-  found = _row_reductions(grads.lower(params).compile().as_text(), 3, (64 // 8) ** 2)
+  def row_reductions():
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(trunk.apply({'params': p}, images)[0] ** 2)))
+    return _row_reductions(grads.lower(params).compile().as_text(), 3, (64 // 8) ** 2)
+  found = row_reductions()
   # One is left: the patch-embedding conv's bias (flax's nn.Conv; ~1.5 ms of a ViT-Ti/16 step).
   assert len(found) == 1, found
   # The check sees such sums: flax's LayerNorm in the same model adds two per block LayerNorm.
   monkeypatch.setattr(layers, 'LayerNorm', nn.LayerNorm)
-  grads = jax.jit(jax.grad(lambda p: jnp.sum(trunk.apply({'params': p}, images)[0] ** 2)))
-  assert len(_row_reductions(grads.lower(params).compile().as_text(), 3, 64)) >= 1 + 2 * 4
+  assert len(row_reductions()) >= 1 + 2 * 4
