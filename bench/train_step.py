@@ -255,11 +255,15 @@ def write_markdown(path, res):
   m, c, ceil = res['machine'], res['config'], res['ceiling']
   v = m['versions']
   cf = ceil.get('ceiling', {})
+  usable = m.get('cores_usable', m['cores'])
+  cores = f'{m["cores"]} cores' + (f', this run pinned to {usable}' if usable != m['cores'] else '')
   lines = [
       '# Training step at 224 px: bigvis beside PyTorch, MFU against the measured matmul ceiling',
       '',
-      f'{res["date"]}: {m["cpu_model"]}, {m["cores"]} cores, jax {v["jax"]}, flax {v["flax"]}, '
-      f'torch {v["torch"]}. {c["repeats"]} repeats per row (after {c["warmup"]} warm-up steps), '
+      f'{res["date"]}: {m["cpu_model"]}, {cores}, jax {v["jax"]}, flax {v["flax"]}, '
+      f'torch {v["torch"]} with {m["torch_threads"]} intra-op thread'
+      f'{"s" * (m["torch_threads"] != 1)}. {c["repeats"]} repeats per row (after {c["warmup"]} '
+      f'warm-up steps), '
       f'rows alternated. Command: `{res["command"]}`',
       '',
       'Matmul ceiling (jit `jnp.dot`, median GFLOP/s; measured '
