@@ -1,5 +1,6 @@
 """Small configs and corpora shared by the tests, and a way to run the trainer as a process."""
 import os
+import re
 import subprocess
 import sys
 
@@ -7,6 +8,12 @@ from bigvis import config as config_lib
 from bigvis import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def hlo_defs(hlo):
+  """name -> (shape, text after the shape) of each instruction in compiled HLO text."""
+  return {m[1]: (tuple(int(d) for d in m[2].split(',') if d), m[3])
+          for m in re.finditer(r'(%[\w.-]+) = \w+\[([\d,]*)\]\S* (.*)', hlo)}
 
 
 def make_corpus(out_dir, num_records=96):

@@ -1,6 +1,4 @@
 """bigvis's Dense, LayerNorm and attention module against flax's: same params, values, gradients."""
-import re
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +6,7 @@ import numpy as np
 import pytest
 
 from bigvis.models import attention, layers
+from tests import helpers
 
 _XAVIER = nn.initializers.xavier_uniform()
 _BIAS = nn.initializers.normal(stddev=0.5)  # Non-zero biases, so their init is compared too.
@@ -91,8 +90,8 @@ def test_tall_kernel_gradient_is_one_wide_dot():
   grad = jax.jit(jax.grad(loss))  # x and g as arguments: as constants XLA would fold the dot
   np.testing.assert_allclose(grad(w, x, g), x.T @ g, rtol=1e-5, atol=1e-5)
   hlo = grad.lower(w, x, g).compile().as_text()
-  dot_shapes = re.findall(r'= f32\[(\d+,\d+)\]\S* dot\(', hlo)
-  assert '8,24' in dot_shapes and '24,8' not in dot_shapes, dot_shapes
+  dot_shapes = [shape for shape, text in helpers.hlo_defs(hlo).values() if text.startswith('dot(')]
+  assert (8, 24) in dot_shapes and (24, 8) not in dot_shapes, dot_shapes
 
 
 @pytest.mark.parametrize('nq', [9, 1])  # self-attention; one query (MAP pooling)

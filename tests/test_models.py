@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bigvis.models import build_trunk, feature_dim, layers, vit
+from tests import helpers
 
 
 def _cfg(**kw):
@@ -231,15 +232,9 @@ def test_matmul_equals_dot_general_values_and_gradients(lhs_shape, rhs_shape, di
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def _hlo_defs(hlo):
-  """name -> (shape, text after the shape) of each instruction in compiled HLO text."""
-  return {m[1]: (tuple(int(d) for d in m[2].split(',') if d), m[3])
-          for m in re.finditer(r'(%[\w.-]+) = \w+\[([\d,]*)\]\S* (.*)', hlo)}
-
-
 def _weight_gradient_dots(hlo, rows):
   """(lhs, rhs) producer names of each dot in compiled HLO text that contracts `rows` rows."""
-  defs = _hlo_defs(hlo)
+  defs = helpers.hlo_defs(hlo)
   def producer(name):  # Looks through bitcasts, which are free.
     while (m := re.match(r'bitcast\((%[\w.-]+)\)', defs[name][1])):
       name = m[1]
@@ -272,7 +267,7 @@ def test_vit_gradient_makes_no_transposed_copy_of_activations():
 
 def _row_reductions(hlo, batch, tokens):
   """Reduce / reduce-window ops in compiled HLO text that sum [batch, tokens, ...] over both."""
-  defs = _hlo_defs(hlo)
+  defs = helpers.hlo_defs(hlo)
   found = []
   for m in re.finditer(r'(%[\w.-]+) = \S+ (reduce(?:-window)?)\((%[\w.-]+),[^\n]*', hlo):
     if defs[m[3]][0][:2] != (batch, tokens):

@@ -39,17 +39,17 @@ def matmul(lhs, rhs, dimension_numbers, precision=None, **kw):
       or tuple(rhs_c) != tuple(range(n))):
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, **kw)
   k = math.prod(rhs.shape[:n])
+  x, w = lhs.reshape(-1, k), rhs.reshape(k, -1)
   if precision is None and not kw:
-    out = _matmul2d(lhs.reshape(-1, k), rhs.reshape(k, -1))
-  else:
-    out = jax.lax.dot_general(lhs.reshape(-1, k), rhs.reshape(k, -1), (((1,), (0,)), ((), ())),
-                              precision, **kw)
+    out = _matmul2d(x, w)
+  else:  # An explicit precision or output type: XLA's own dot and gradient.
+    out = _dot(x, w, 1, 0, precision, **kw)
   return out.reshape(*lhs.shape[:lhs.ndim - n], *rhs.shape[n:])
 
 
-def _dot(a, b, a_axis, b_axis):
+def _dot(a, b, a_axis, b_axis, precision=None, **kw):
   """2-D matmul contracting axis `a_axis` of a with axis `b_axis` of b."""
-  return jax.lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())))
+  return jax.lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())), precision, **kw)
 
 
 @jax.custom_vjp
