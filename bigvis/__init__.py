@@ -9,3 +9,8 @@ import os
 _YNN = '--xla_cpu_experimental_ynn_fusion_type'
 if _YNN not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_YNN}=".strip()
+
+# XLA's CPU temporaries are reused rather than mapped afresh each step (see hostmem.py).
+from bigvis import hostmem  # noqa: E402
+
+hostmem.keep_freed_memory()
