@@ -6,14 +6,14 @@ and returns it with munmap, so every step first-touched 1.24 GB of new pages: ~3
 and 0.45-0.55 s of kernel time per ~3 s step on one core of the dev CPU (an Intel Xeon), and the
 ops writing those pages ran slower too; PyTorch, which reuses its buffers, took ~700 faults per
 step. Served from one heap that is never trimmed, the block is reused: from the first steps on,
-0 faults per step, and ViT-Ti/16's step went from 0.84x to 1.04x PyTorch eager float32 on that
-core (README, Training; bench/results/train_step_vit_ti16_1core.md).
+0 faults per step, and ViT-Ti/16's step went from 0.84x to 0.96-1.04x PyTorch eager float32 on
+that core in two runs (README, Training; bench/results/train_step_vit_ti16_1core.md).
 
 `keep_freed_memory` makes those settings (mallopt: one arena, no mmap, no trimming). They must be
 made before XLA's threads first allocate, so `import bigvis` calls it (as it sets XLA_FLAGS). The
 cost is resident memory: freed memory stays with the process, and a temporary that no longer fits
-the hole it left is placed anew. ViT-Ti/16 on two cores held 1.98 GB after 40 steps in one run
-and peaked at 4.34 GB over 12 steps in another, against a 1.95 GB peak without. `BIGVIS_KEEP_FREED_MEMORY=0` opts out. Elsewhere than Linux with
+the hole it left is placed anew. The benchmark's ViT-Ti/16 worker peaked at 3.0 GiB against
+1.9 GiB before (bench/train_step.py); one of our runs of that step reached 4.34 GB. `BIGVIS_KEEP_FREED_MEMORY=0` opts out. Elsewhere than Linux with
 glibc it does nothing.
 """
 import ctypes

@@ -45,7 +45,3 @@ def test_temporaries_are_reused_across_calls():
   assert sorted(kept['faults'])[len(kept['faults']) // 2] < pages // 20, kept
   assert kept['out'] == default['out']
 
-
-def test_opt_out_leaves_malloc_alone(monkeypatch):
-  monkeypatch.setenv(hostmem.OPT_OUT, '0')
-  assert hostmem.keep_freed_memory() is False
