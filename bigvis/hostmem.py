@@ -13,8 +13,8 @@ that core in two runs (README, Training; bench/results/train_step_vit_ti16_1core
 made before XLA's threads first allocate, so `import bigvis` calls it (as it sets XLA_FLAGS). The
 cost is resident memory: freed memory stays with the process, and a temporary that no longer fits
 the hole it left is placed anew. The benchmark's ViT-Ti/16 worker peaked at 3.0 GiB against
-1.9 GiB before (bench/train_step.py); one of our runs of that step reached 4.34 GB. `BIGVIS_KEEP_FREED_MEMORY=0` opts out. Elsewhere than Linux with
-glibc it does nothing.
+1.9 GiB before (bench/train_step.py); one of our runs of that step reached 4.34 GB.
+`BIGVIS_KEEP_FREED_MEMORY=0` opts out. Elsewhere than Linux with glibc it does nothing.
 """
 import ctypes
 import os
@@ -31,7 +31,7 @@ def keep_freed_memory():
     return False
   try:
     libc = ctypes.CDLL('libc.so.6')
-    libc.gnu_get_libc_version  # noqa: B018  (glibc only: musl has a mallopt that does nothing)
+    libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
   except (OSError, AttributeError):
     return False
   settings = ((_M_ARENA_MAX, 1),  # XLA's threads allocate from the main heap, not mmap'd arenas

