@@ -5,9 +5,10 @@ step at batch 32: 1.24 GB) and frees it after. glibc serves a block that large w
 and returns it with munmap, so every step first-touched 1.24 GB of new pages: ~303,000 page faults
 and 0.45-0.55 s of kernel time per ~3 s step on one core of the dev CPU (an Intel Xeon), and the
 ops writing those pages ran slower too; PyTorch, which reuses its buffers, took ~700 faults per
-step. Served from one heap that is never trimmed, the block is reused: from the first steps on,
-0 faults per step, and ViT-Ti/16's step went from 0.84x to 0.96-1.04x PyTorch eager float32 on
-that core in two runs (README, Training; bench/results/train_step_vit_ti16_1core.md).
+step. Served from one heap that is never trimmed, the block is reused: once the heap has settled,
+within the first steps, 0 faults per step, and ViT-Ti/16's step went from 0.84x to 0.96-1.04x
+PyTorch eager float32 on that core in two runs (README, Training;
+bench/results/train_step_vit_ti16_1core.md).
 
 `keep_freed_memory` makes those settings (mallopt: one arena, no mmap, no trimming). They must be
 made before XLA's threads first allocate, so `import bigvis` calls it (as it sets XLA_FLAGS). The

@@ -32,8 +32,9 @@ def _run(opt_out):
   env.pop(hostmem.OPT_OUT, None)
   if opt_out:
     env[hostmem.OPT_OUT] = '0'
-  proc = subprocess.run([sys.executable, '-c', _SCRIPT], env=env, capture_output=True, text=True,
-                        check=True)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `import bigvis` works
+  proc = subprocess.run([sys.executable, '-c', _SCRIPT], env=env, cwd=root, capture_output=True,
+                        text=True, check=True)
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
