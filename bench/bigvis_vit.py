@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bigvis import config as config_lib, heads, metrics, optim, train  # noqa: E402
+from bigvis import config as config_lib, cpu_tuning, heads, metrics, optim, train  # noqa: E402
 
 
 MODELS = {  # --model -> (config.model.name, config.model.variant)
@@ -65,6 +65,7 @@ def main():
   ap.add_argument('--worker', action='store_true', help='line protocol for the driver')
   args = ap.parse_args()
 
+  cpu_tuning.apply()  # What bigvis.train's start-up does, before the first computation.
   c = make_config(args.batch, args.dtype, args.model)
   model = heads.build_model(c)
   tx, lr = optim.make_optimizer(c.optimizer, c.total_steps)

@@ -29,6 +29,7 @@ def task(head, label_field, num_classes=0, *, loss=None, weight=1.0, embed_dim=2
 
 EVAL_KINDS = ('classification', 'retrieval', 'knn')
 NONFINITE_POLICIES = ('skip', 'stop')
+HOST_TUNING = ('auto', 'on', 'off')  # bigvis.cpu_tuning.MODES
 
 
 def evaluator(kind, *, every_steps, split='', query_split='', index_split='', label_field='',
@@ -69,6 +70,9 @@ def defaults():
   # state. 'skip': count it (metric `nonfinite_steps`) and go on with the next batch. 'stop': end
   # the run with an error naming the step, before any checkpoint past the last good one.
   c.nonfinite = 'skip'
+  # CPU-only host settings (bigvis/cpu_tuning.py), applied at the trainer's start-up: 'auto' = only
+  # when JAX will compute on the CPU, 'on' = always, 'off' = never.
+  c.host_tuning = 'auto'
 
   c.input = ml_collections.ConfigDict(dict(
       data_dir='runs/data/shapes',  # Folder of ArrayRecord shards.
@@ -84,7 +88,10 @@ def defaults():
   ))
   c.model = ml_collections.ConfigDict(dict(
       name='vit', variant='B/16', pool_type='tok', posemb='learn', dtype='float32', remat=False,
-      dropout=0.0))
+      dropout=0.0,
+      # auto | flax | cpu (bigvis/models/vit.py): auto = the CPU-tuned layers on the CPU backend,
+      # stock flax layers + jax.nn.dot_product_attention on GPU/TPU. Same params either way.
+      impl='auto'))
   c.tasks = ml_collections.ConfigDict()  # name -> task(...)
   # Start from pretrained weights: a bigvis workdir (latest checkpoint) or checkpoints/<step> dir,
   # or a big_vision-layout .npz. Params whose names match `skip` keep their fresh init (by default
@@ -195,6 +202,8 @@ def validate(config):
   if config.batch_size % config.grad_accum_steps:
     raise ConfigError(f'batch_size={config.batch_size} is not divisible by '
                       f'grad_accum_steps={config.grad_accum_steps}')
+  if config.host_tuning not in HOST_TUNING:
+    raise ConfigError(f'host_tuning={config.host_tuning!r}; choose from {HOST_TUNING}')
   if config.nonfinite not in NONFINITE_POLICIES:
     raise ConfigError(f'nonfinite={config.nonfinite!r}; choose from {NONFINITE_POLICIES}')
   if not 0 <= config.input.max_bad_fraction <= 1:

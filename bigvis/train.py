@@ -20,8 +20,8 @@ import optax
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from bigvis import checkpoint, config as config_lib, corpora, data, distributed, evaluators
-from bigvis import fileio, heads, losses, metrics, optim, pretrained, records, sharding
+from bigvis import checkpoint, config as config_lib, corpora, cpu_tuning, data, distributed
+from bigvis import evaluators, fileio, heads, losses, metrics, optim, pretrained, records, sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/pretrain.py:runlocal')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder: checkpoints/, metrics.jsonl, config.json')
@@ -346,6 +346,9 @@ def main(argv):
     raise app.UsageError('Both --config and --workdir are required.')
   logging.get_absl_handler().addFilter(_OnlyOwnInfo())
   logging.set_verbosity(logging.INFO)
+  # Before JAX starts its backends (nothing has computed yet): CPU-only flags and malloc settings.
+  tuned = cpu_tuning.apply(_CONFIG.value.get('host_tuning', 'auto'))
+  logging.info('host tuning (%s): %s', _CONFIG.value.get('host_tuning', 'auto'), tuned)
   try:
     train(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, records.RecordError, FileNotFoundError, DataQualityError,

@@ -1,8 +1,13 @@
-"""Eight simulated CPU devices for every test (set before jax is imported), and a shared corpus."""
+"""Eight simulated CPU devices for every test (set before jax is imported), the CPU host settings
+the trainer applies on this backend (bigvis.cpu_tuning), and a shared corpus."""
 import os
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
+
+from bigvis import cpu_tuning  # noqa: E402
+
+cpu_tuning.apply('on')  # The tests compute on the CPU; the HLO checks assume its XLA flag.
 
 import pytest  # noqa: E402
 

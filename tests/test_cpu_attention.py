@@ -86,15 +86,3 @@ def test_kernel_only_for_float32_on_one_cpu_device(monkeypatch):
   monkeypatch.setattr(jax, 'device_count', lambda: 1)
   assert attention.use_cpu_kernel(jnp.float32)
   assert not attention.use_cpu_kernel(jnp.bfloat16)
-
-
-@pytest.mark.parametrize('flags,expected', [
-    ('', '--xla_cpu_experimental_ynn_fusion_type='),
-    ('--xla_cpu_experimental_ynn_fusion_type=dot', '--xla_cpu_experimental_ynn_fusion_type=dot'),
-])
-def test_import_turns_ynnpack_dots_off_unless_the_user_chose(flags, expected):
-  env = dict(os.environ, XLA_FLAGS=flags)
-  out = subprocess.run([sys.executable, '-c', 'import os, bigvis; print(os.environ["XLA_FLAGS"])'],
-                       env=env, capture_output=True, text=True, check=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  assert out.stdout.strip() == expected

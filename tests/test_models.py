@@ -301,3 +301,39 @@ def test_vit_gradient_sums_rows_with_dots(monkeypatch):
   # The check sees such sums: flax's LayerNorm in the same model adds two per block LayerNorm.
   monkeypatch.setattr(layers, 'LayerNorm', nn.LayerNorm)
   assert len(row_reductions()) >= 1 + 2 * 4
+
+
+@pytest.mark.parametrize('pool_type,dtype,atol', [('tok', 'float32', 2e-5), ('map', 'float32', 2e-5),
+                                                  ('gap', 'bfloat16', 0.1)])
+def test_flax_and_cpu_impls_agree(pool_type, dtype, atol):
+  """Same param tree and init values; outputs and gradients equal within float rounding."""
+  cfg = lambda impl: _cfg(name='vit', variant='test/8', pool_type=pool_type, dtype=dtype, impl=impl)
+  cpu, flax_impl = build_trunk(cfg('cpu')), build_trunk(cfg('flax'))
+  assert (cpu.impl, flax_impl.impl) == ('cpu', 'flax')
+  x = _images()
+  p, p_flax = cpu.init(jax.random.key(1), x), flax_impl.init(jax.random.key(1), x)
+  assert jax.tree.structure(p) == jax.tree.structure(p_flax)
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_flax)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+  p = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape), p)
+
+  w = jax.random.normal(jax.random.key(3), (x.shape[0], 32))
+  def loss(module):
+    return lambda params, x: jnp.sum(module.apply(params, x)[0] * w)
+  np.testing.assert_allclose(cpu.apply(p, x)[0], flax_impl.apply(p, x)[0], atol=atol,
+                             rtol=atol)
+  got, want = jax.grad(loss(cpu), (0, 1))(p, x), jax.grad(loss(flax_impl), (0, 1))(p, x)
+  # Relative to the largest gradient: some are zero but for rounding (the key bias: softmax does
+  # not see a shift common to a row), and bf16's rounding grows with the gradient's size.
+  scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(want))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a / scale, b / scale, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+def test_auto_impl_is_the_cpu_layers_on_the_cpu_backend(monkeypatch):
+  assert build_trunk(_cfg(name='vit', variant='test/8')).impl == 'cpu'
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert build_trunk(_cfg(name='vit', variant='test/8')).impl == 'flax'
+  with pytest.raises(ValueError, match='impl'):
+    build_trunk(_cfg(name='vit', variant='test/8', impl='cuda'))

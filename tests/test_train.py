@@ -3,6 +3,7 @@ clean exit on SIGTERM, gradient accumulation."""
 import json
 import os
 import random
+import shutil
 import signal
 import time
 
@@ -94,6 +95,26 @@ def test_one_device_and_eight_devices_give_the_same_losses(shapes_dir, tmp_path)
   one_p, eight_p = (_load_state(tmp_path / n, 8)['params'] for n in ('1', '8'))
   for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(one_p),
                                jax.tree_util.tree_leaves_with_path(eight_p)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4, err_msg=jax.tree_util.keystr(path))
+
+
+def test_a_checkpoint_of_one_impl_resumes_in_the_other(shapes_dir, tmp_path):
+  """model.impl changes how the ViT computes, not its parameters: a run saved with the CPU layers
+  resumes with flax's (and the reverse is the same tree), on the same trajectory."""
+  first = helpers.tiny_config(shapes_dir, total_steps=3, **{'model.impl': 'cpu'})
+  train.train(first, str(tmp_path / 'cpu'))
+  shutil.copytree(tmp_path / 'cpu', tmp_path / 'flax')
+  for impl in ('cpu', 'flax'):
+    train.train(helpers.tiny_config(shapes_dir, total_steps=6, **{'model.impl': impl}),
+                str(tmp_path / impl))
+  cpu, flax_run = (metrics.read_metrics(tmp_path / n) for n in ('cpu', 'flax'))
+  assert [r['step'] for r in cpu] == [r['step'] for r in flax_run] == list(range(1, 7))
+  for key in ('loss', 'grad_norm'):
+    np.testing.assert_allclose([r[key] for r in flax_run], [r[key] for r in cpu], rtol=2e-4,
+                               err_msg=key)
+  for (path, a), (_, b) in zip(
+      jax.tree_util.tree_leaves_with_path(_load_state(tmp_path / 'cpu', 6)['params']),
+      jax.tree_util.tree_leaves_with_path(_load_state(tmp_path / 'flax', 6)['params'])):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4, err_msg=jax.tree_util.keystr(path))
 
 

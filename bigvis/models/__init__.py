@@ -5,14 +5,18 @@ images and returns `(pooled [B, D] float32, intermediates)`; task heads live els
 intermediates by name. Params are always float32; `dtype` only sets the compute dtype.
 """
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bigvis.models import resnet, vit
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-_COMMON = {'name': None, 'variant': None, 'dtype': 'float32', 'remat': False, 'dropout': 0.0}
+_COMMON = {'name': None, 'variant': None, 'dtype': 'float32', 'remat': False, 'dropout': 0.0,
+           'impl': 'auto'}
+IMPLS = ('auto',) + vit.IMPLS
 # Every field each trunk reads, with its default. Unknown keys are rejected once, for the whole
-# config, by bigvis.config.validate; the ResNet ignores the ViT-only pool_type and posemb.
+# config, by bigvis.config.validate; the ResNet ignores the ViT-only pool_type and posemb, and
+# `impl` (it is built from stock flax layers on every backend).
 _FIELDS = {
     'vit': dict(_COMMON, pool_type='tok', posemb='learn'),
     'resnet': dict(_COMMON),
@@ -31,7 +35,16 @@ def _fields(model_config) -> dict:
   if f['dtype'] not in _DTYPES:
     raise ValueError(f"Unknown dtype {f['dtype']!r}; want one of {list(_DTYPES)}.")
   f['dtype'] = _DTYPES[f['dtype']]
+  if f['impl'] not in IMPLS:
+    raise ValueError(f"Unknown model impl {f['impl']!r}; want one of {list(IMPLS)}.")
   return f
+
+
+def resolve_impl(impl):
+  """'auto' -> 'cpu' when JAX computes on the CPU, 'flax' on GPU and TPU; others unchanged."""
+  if impl == 'auto':
+    return 'cpu' if jax.default_backend() == 'cpu' else 'flax'
+  return impl
 
 
 def build_trunk(model_config, num_classes: int = 0) -> nn.Module:
@@ -49,7 +62,7 @@ def build_trunk(model_config, num_classes: int = 0) -> nn.Module:
     if f['posemb'] not in ('learn', 'sincos2d'):
       raise ValueError(f"Unknown posemb {f['posemb']!r}; want 'learn' or 'sincos2d'.")
     return vit.ViT(**vit.parse_variant(f['variant']), pool_type=f['pool_type'],
-                   posemb=f['posemb'], **common)
+                   posemb=f['posemb'], impl=resolve_impl(f['impl']), **common)
   return resnet.ResNet(**resnet.parse_variant(f['variant']), **common)
 
 

@@ -88,6 +88,18 @@ def dot_product_attention(query, key, value, bias=None, mask=None, dropout_rate=
   return jnp.moveaxis(out.reshape(*batch, heads, nq, d), -3, -2)
 
 
+def flax_attention_fn(query, key, value, bias=None, mask=None, dropout_rate=0.0, dtype=None,
+                      **unused):
+  """An `attention_fn` for flax's own MultiHeadDotProductAttention: `jax.nn.dot_product_attention`,
+  which picks cuDNN's fused (flash) attention on GPU where it applies and XLA's otherwise.
+  Attention dropout is not supported (bigvis's ViT uses none) and raises."""
+  if dropout_rate:
+    raise NotImplementedError('bigvis attention: no attention dropout')
+  dtype = dtype or query.dtype
+  query, key, value = (x.astype(dtype) for x in (query, key, value))
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """Multi-head attention of `inputs_q` over `inputs_kv`, as flax's module without masks or dropout.
 

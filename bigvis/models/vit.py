@@ -1,10 +1,19 @@
 """Vision Transformer trunk (Dosovitskiy et al. 2021; Zhai et al. 2022 sizes).
 
+Two implementations of the same parameter tree (`impl`; checkpoints load into either):
+  'flax': stock `nn.Dense`, `nn.LayerNorm` and `nn.MultiHeadDotProductAttention` with
+    `jax.nn.dot_product_attention` (cuDNN flash attention on GPU where it applies; flax's
+    dot_general, param_dtype and partitioning hooks keep working). For GPU and TPU.
+  'cpu': bigvis's layers laid out for XLA's CPU backend (`layers.py`, `attention.py`, and the fused
+    CPU attention kernel on one device).
+`models.build_trunk` resolves the config's 'auto' to 'cpu' on the CPU backend, 'flax' elsewhere.
+
 Parameter names follow big_vision's `vit.py` exactly, so its `.npz` checkpoints can map by path and
 the sharding rules (regexes over these paths) apply unchanged:
   embedding, cls, pos_embedding, Transformer/encoderblock_{i}/..., Transformer/encoder_norm,
   MAPHead_0, head.
 """
+import functools
 import re
 
 import flax.linen as nn
@@ -52,25 +61,41 @@ def posemb_sincos_2d(h, w, width, temperature=10_000.):
 
 # big_vision's initialisers: xavier kernels; tiny non-zero MLP biases.
 _XAVIER = nn.initializers.xavier_uniform()
+IMPLS = ('flax', 'cpu')
+
+
+def _nn(impl):
+  """(Dense, LayerNorm, MultiHeadDotProductAttention) classes of an implementation."""
+  if impl == 'flax':
+    return nn.Dense, nn.LayerNorm, functools.partial(nn.MultiHeadDotProductAttention,
+                                                     attention_fn=attention.flax_attention_fn)
+  if impl == 'cpu':
+    return layers.Dense, layers.LayerNorm, attention.MultiHeadDotProductAttention
+  raise ValueError(f'Unknown ViT impl {impl!r}; want one of {IMPLS}.')
 
 
 class MlpBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  impl: str = 'cpu'
 
   @nn.compact
   def __call__(self, x, deterministic=True):
-    dense = lambda n: layers.Dense(n, dtype=self.dtype, kernel_init=_XAVIER,
-                                   bias_init=nn.initializers.normal(stddev=1e-6))
+    dense = lambda n: _nn(self.impl)[0](n, dtype=self.dtype, kernel_init=_XAVIER,
+                                        bias_init=nn.initializers.normal(stddev=1e-6))
     d = x.shape[-1]
     x = nn.gelu(dense(self.mlp_dim)(x))
     x = nn.Dropout(self.dropout)(x, deterministic)
     return dense(d)(x)
 
 
-def _attention(num_heads, dtype):
-  return attention.MultiHeadDotProductAttention(num_heads, dtype=dtype, kernel_init=_XAVIER)
+def _attention(num_heads, dtype, impl):
+  return _nn(impl)[2](num_heads, dtype=dtype, kernel_init=_XAVIER)
+
+
+def _layer_norm(dtype, impl, **kw):
+  return _nn(impl)[1](dtype=dtype, **kw)
 
 
 class Encoder1DBlock(nn.Module):
@@ -79,14 +104,15 @@ class Encoder1DBlock(nn.Module):
   num_heads: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  impl: str = 'cpu'
 
   @nn.compact
   def __call__(self, x, deterministic=True):
-    y = layers.LayerNorm(dtype=self.dtype)(x)
-    y = _attention(self.num_heads, self.dtype)(y, y)
+    y = _layer_norm(self.dtype, self.impl)(x)
+    y = _attention(self.num_heads, self.dtype, self.impl)(y, y)
     x = x + nn.Dropout(self.dropout)(y, deterministic)
-    y = layers.LayerNorm(dtype=self.dtype)(x)
-    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype)(y, deterministic)
+    y = _layer_norm(self.dtype, self.impl)(x)
+    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, self.impl)(y, deterministic)
     return x + nn.Dropout(self.dropout)(y, deterministic)
 
 
@@ -97,6 +123,7 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  impl: str = 'cpu'
 
   @nn.compact
   def __call__(self, x, deterministic=True):
@@ -105,10 +132,10 @@ class Encoder(nn.Module):
       block_cls = nn.remat(Encoder1DBlock, static_argnums=(2,))
     out = {}
     for i in range(self.depth):
-      block = block_cls(self.mlp_dim, self.num_heads, self.dropout, self.dtype,
+      block = block_cls(self.mlp_dim, self.num_heads, self.dropout, self.dtype, self.impl,
                         name=f'encoderblock_{i}')
       x = out[f'block_{i}'] = block(x, deterministic)
-    return layers.LayerNorm(dtype=self.dtype, name='encoder_norm')(x), out
+    return _layer_norm(self.dtype, self.impl, name='encoder_norm')(x), out
 
 
 class MAPHead(nn.Module):
@@ -116,14 +143,15 @@ class MAPHead(nn.Module):
   mlp_dim: int
   num_heads: int
   dtype: jnp.dtype = jnp.float32
+  impl: str = 'cpu'
 
   @nn.compact
   def __call__(self, x):
     probe = self.param('probe', _XAVIER, (1, 1, x.shape[-1]), jnp.float32)
     probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-    x = _attention(self.num_heads, self.dtype)(probe, x)
-    y = layers.LayerNorm(dtype=self.dtype)(x)
-    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype)(y)
+    x = _attention(self.num_heads, self.dtype, self.impl)(probe, x)
+    y = _layer_norm(self.dtype, self.impl)(x)
+    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, impl=self.impl)(y)
     return x[:, 0]
 
 
@@ -146,6 +174,7 @@ class ViT(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
   num_classes: int = 0
+  impl: str = 'cpu'  # 'flax' | 'cpu': see the module docstring.
 
   @nn.compact
   def __call__(self, images, train=False):
@@ -173,7 +202,7 @@ class ViT(nn.Module):
 
     x = nn.Dropout(self.dropout)(x, not train)
     x, blocks = Encoder(self.depth, self.mlp_dim, self.num_heads, self.dropout, self.dtype,
-                        self.remat, name='Transformer')(x, not train)
+                        self.remat, self.impl, name='Transformer')(x, not train)
     out.update(blocks)
     out['encoded'] = x
 
@@ -182,7 +211,7 @@ class ViT(nn.Module):
     elif self.pool_type == 'gap':
       x = jnp.mean(x, axis=1)
     elif self.pool_type == 'map':
-      x = MAPHead(self.mlp_dim, self.num_heads, self.dtype)(x)
+      x = MAPHead(self.mlp_dim, self.num_heads, self.dtype, self.impl)(x)
     else:
       raise ValueError(f'Unknown pool_type {self.pool_type!r}.')
     x = out['pre_logits'] = x.astype(jnp.float32)
