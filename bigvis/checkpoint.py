@@ -5,13 +5,14 @@ to `corrupt-<step>-<UTC time>` and the previous step is tried: see `Checkpointer
 """
 import json
 import logging
-import os
 import time
 
 import grain
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+from bigvis import fileio
 
 # The name a broken step dir is moved aside to. Orbax lists only dirs whose whole name is a step
 # number (and would refuse to save that number again while one exists); the hyphens matter: a name
@@ -38,7 +39,7 @@ class Checkpointer:
   """`DIR/checkpoints/<step>/{state,data}`; saves every `every` steps, keeps the last `keep`."""
 
   def __init__(self, directory, *, every, keep, async_save=True):
-    self.directory = os.path.abspath(directory)
+    self.directory = fileio.absolute(directory)  # Local or a bucket: Orbax writes both.
     self.manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -85,13 +86,13 @@ class Checkpointer:
         aside = self._move_aside(step)
         moved.append((step, aside))
         logging.warning('checkpoint %s is unreadable (%s); moved aside to %s; %s',
-                        os.path.join(self.directory, str(step)), _summary(e), aside,
+                        fileio.join(self.directory, str(step)), _summary(e), aside,
                         f'trying step {steps[i + 1]}' if i + 1 < len(steps) else 'no older step')
     data_iterator.set_state(initial)
     if not moved:
       return None, None
     for step, aside in moved:
-      self._rename(aside, os.path.join(self.directory, str(step)))
+      self._rename(aside, fileio.join(self.directory, str(step)))
     raise CheckpointError(
         f'No checkpoint in {self.directory} restores (steps {", ".join(map(str, steps))}; they '
         f'keep their names). Newest error: {_summary(first_error)}. If these checkpoints belong to '
@@ -100,17 +101,17 @@ class Checkpointer:
 
   def _move_aside(self, step):
     stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
-    aside = os.path.join(self.directory, CORRUPT_DIR.format(step=step, time=stamp))
+    aside = fileio.join(self.directory, CORRUPT_DIR.format(step=step, time=stamp))
     n = 1
-    while os.path.exists(aside):  # The same step broken twice within a second.
+    while fileio.path(aside).exists():  # The same step broken twice within a second.
       n += 1
-      aside = os.path.join(self.directory, CORRUPT_DIR.format(step=step, time=f'{stamp}.{n}'))
-    self._rename(os.path.join(self.directory, str(step)), aside)
+      aside = fileio.join(self.directory, CORRUPT_DIR.format(step=step, time=f'{stamp}.{n}'))
+    self._rename(fileio.join(self.directory, str(step)), aside)
     return aside
 
   def _rename(self, src, dst):
     if jax.process_index() == 0:
-      os.rename(src, dst)
+      fileio.path(src).rename(dst)  # In a bucket: a copy of each object, then a delete.
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'bigvis checkpoint rename {dst}')
     self.manager.reload()  # Orbax caches its step list.

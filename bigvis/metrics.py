@@ -1,7 +1,6 @@
 """Training metrics: `metrics.jsonl`, TensorBoard events, analytic FLOPs and MFU."""
 import json
 import math
-import os
 
 import jax
 from jax.extend import core as jex_core
@@ -46,31 +45,39 @@ class MetricsWriter:
   """Appends one JSON object per log step to `metrics.jsonl` and the same scalars to TensorBoard.
 
   On resume, lines past the restored step (written after the last checkpoint of a killed run) are
-  dropped first, so the file tells the history of the parameters that exist.
+  dropped first, so the file tells the history of the parameters that exist. In a bucket, where
+  objects cannot be appended to, each write uploads the whole file anew (a few hundred lines).
   """
 
   def __init__(self, workdir, *, enabled=True, resume_step=0):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = fileio.join(workdir, 'metrics.jsonl')
     self._tb = None
+    self._lines = None  # In a bucket: every line so far, uploaded whole on each write.
     if not enabled:
       return
     self._truncate_after(resume_step)
     from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes.
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._tb = SummaryWriter(fileio.join(workdir, 'tensorboard'))  # Writes gs:// itself.
 
   def _truncate_after(self, step):
-    if not os.path.exists(self.path):
-      return
-    kept = [json.dumps(row) + '\n' for row in _rows(self.path) if row['step'] <= step]
-    fileio.write_text_atomic(self.path, ''.join(kept))
+    exists = fileio.path(self.path).exists()
+    kept = [json.dumps(row) + '\n' for row in _rows(self.path) if row['step'] <= step] if exists else []
+    if fileio.is_remote(self.path):
+      self._lines = kept
+    if exists:
+      fileio.write_text_atomic(self.path, ''.join(kept))
 
   def write(self, step, scalars):
     if not self.enabled:
       return
     row = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    if self._lines is None:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+    else:
+      self._lines.append(json.dumps(row) + '\n')
+      fileio.write_text_atomic(self.path, ''.join(self._lines))
     for key, value in scalars.items():
       self._tb.add_scalar(key, float(value), int(step))
     self._tb.flush()
@@ -83,14 +90,13 @@ class MetricsWriter:
 def _rows(path):
   """Parsed lines; a line torn by a kill mid-write is dropped, not fatal."""
   rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
+  for line in fileio.read_text(path).splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
   return rows
 
 
 def read_metrics(workdir):
-  return _rows(os.path.join(workdir, 'metrics.jsonl'))
+  return _rows(fileio.join(workdir, 'metrics.jsonl'))

@@ -8,13 +8,13 @@ param `X` in a file is `trunk/X` in a MultiTaskModel.
   params = pretrained.load(init_params, 'ViT-B_16.npz')        # trunk only; heads stay at init
   params = pretrained.load(init_params, 'runs/a', skip='^$')   # trunk and heads of a bigvis run
 """
+import io
 import math
 import os
 import re
 import zipfile
 
 from absl import logging
-from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -46,9 +46,9 @@ def load(init_params, path, *, skip=r'^head_', log=True):
   model's patch grid; any other shape mismatch is an error. Raises ValueError if nothing loads.
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not fileio.path(path).exists():  # Local or in a bucket.
     raise FileNotFoundError(f'No pretrained weights at {path}')
-  source = _read_checkpoint(path) if os.path.isdir(path) else _read_npz(path)
+  source = _read_checkpoint(path) if fileio.path(path).is_dir() else _read_npz(path)
   loaded, kept = [], []
 
   def one(key_path, init):
@@ -114,7 +114,7 @@ def _read_npz(path):
   """{model param name: array} from a .npz in any of the layouts in the module docstring."""
   try:
     # No pickle: loading a pickled object runs code from the file.
-    data = np.load(path, allow_pickle=False)
+    data = np.load(io.BytesIO(fileio.path(path).read_bytes()), allow_pickle=False)
     if not isinstance(data, np.lib.npyio.NpzFile):
       raise ValueError('it holds a single array, not named params')
     with data:
@@ -144,18 +144,18 @@ def _is_square(n):
 
 def _read_checkpoint(path):
   """{param name: array} of a bigvis run: `path` is its workdir, checkpoints/ or one step folder."""
-  step_dir = path
-  if not os.path.isdir(os.path.join(path, 'state')):
-    ckpt_dir = os.path.join(path, 'checkpoints')
-    ckpt_dir = ckpt_dir if os.path.isdir(ckpt_dir) else path
+  step_dir = fileio.path(fileio.absolute(path))  # Orbax wants absolute paths.
+  if not (step_dir / 'state').is_dir():
+    ckpt_dir = step_dir / 'checkpoints'
+    ckpt_dir = ckpt_dir if ckpt_dir.is_dir() else step_dir
     # Orbax writes a step under a temporary name and renames it to the number once complete.
-    steps = [int(d) for d in os.listdir(ckpt_dir)
-             if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, 'state'))]
+    steps = [int(d.name) for d in ckpt_dir.iterdir()
+             if d.name.isdigit() and (d / 'state').is_dir()]
     if not steps:
       raise FileNotFoundError(f'{path}: no checkpoint (want a workdir with checkpoints/<step>/'
                               f'state, or a checkpoints/<step> folder)')
-    step_dir = os.path.join(ckpt_dir, str(max(steps)))
-  state_dir = epath.Path(os.path.abspath(step_dir)) / 'state'  # Orbax wants absolute paths.
+    step_dir = ckpt_dir / str(max(steps))
+  state_dir = step_dir / 'state'
   # A partial restore of `params` alone: the optimizer state is neither read nor needs a target,
   # and numpy leaves need neither the devices nor the mesh the run was saved from (a restore with
   # no target at all would rebuild the saved shardings and fail on another device count).

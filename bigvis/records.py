@@ -26,6 +26,8 @@ import msgpack
 from array_record.python import array_record_module
 from tqdm import tqdm
 
+from bigvis import fileio
+
 VERSION = 1
 # group_size:1 makes every record its own chunk, so a random read decodes one
 # record (Grain warns otherwise). Images are already PNG/JPEG-compressed, so
@@ -171,16 +173,20 @@ def write_shards(records: Iterable[Record], out_dir: str, name: str, num_shards:
 
 
 def shard_paths(pattern_or_dir: str, name: str = "*") -> list[str]:
-  """Sorted shard paths: a directory (shards called `name`) or a glob pattern.
+  """Sorted local shard paths: a directory (shards called `name`) or a glob pattern, local or in a
+  bucket (`gs://...`; its shards are staged in the local cache first: fileio.local_copy).
 
   Raises if nothing matches, or if a matched set `x-i-of-n` lacks one of its n
   shards (e.g. a copy or a run that stopped between renames).
   """
-  if os.path.isdir(pattern_or_dir):
-    pattern = os.path.join(pattern_or_dir, f"{name}-*-of-*.array_record")
+  pattern = os.fspath(pattern_or_dir)
+  if fileio.path(pattern).is_dir():
+    pattern = fileio.join(pattern, f"{name}-*-of-*.array_record")
+  if fileio.is_remote(pattern):
+    parent, glob_part = pattern.rsplit("/", 1)
+    paths = sorted(os.fspath(p) for p in fileio.path(parent).glob(glob_part))
   else:
-    pattern = pattern_or_dir
-  paths = sorted(glob.glob(pattern))
+    paths = sorted(glob.glob(pattern))
   if not paths:
     raise FileNotFoundError(f"no record shards match {pattern!r}")
   sets: dict[tuple[str, int], set[int]] = {}
@@ -197,7 +203,7 @@ def shard_paths(pattern_or_dir: str, name: str = "*") -> list[str]:
     if len(counts) > 1:  # e.g. an old run's shards beside a new one with another shard count
       raise ValueError(f"{prefix}: several shard sets ({', '.join(f'-of-{c:05d}' for c in sorted(counts))}); "
                        "remove the stale one")
-  return paths
+  return [fileio.local_copy(p) for p in paths]
 
 
 def read_shard(path: str) -> list[bytes]:

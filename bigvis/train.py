@@ -185,7 +185,7 @@ def train(config, workdir):
   # --- Hosts and mesh.
   process_index, process_count = distributed.initialize()
   mesh = sharding.make_mesh(config.mesh)
-  os.makedirs(workdir, exist_ok=True)
+  fileio.path(workdir).mkdir(parents=True, exist_ok=True)  # Local, or a bucket (fileio).
   # The batch axes span every process's devices: the global batch divides over them, and each
   # process feeds its equal share.
   if config.batch_size % math.lcm(process_count, mesh.shape['data'] * mesh.shape['fsdp']):
@@ -196,7 +196,7 @@ def train(config, workdir):
   # --- Data: each process reads its own shard of the records.
   paths = records.shard_paths(config.input.data_dir, config.input.split)
   card = None
-  if os.path.exists(os.path.join(config.input.data_dir, corpora.writer.CARD_JSON)):
+  if fileio.path(fileio.join(config.input.data_dir, corpora.writer.CARD_JSON)).exists():
     card = corpora.read_card(config.input.data_dir)
     if card.get('status') != 'ok':  # Its counts and classes describe a run that was discarded.
       raise config_lib.ConfigError(
@@ -211,7 +211,7 @@ def train(config, workdir):
   checker = data.RecordChecker(paths, pp=config.input.pp, labels=config_lib.label_specs(config),
                                seed=config.seed)
   if process_index == 0:  # The resolved config, class counts included.
-    fileio.write_text_atomic(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
+    fileio.write_text_atomic(fileio.join(workdir, 'config.json'), config.to_json(indent=2))
   example = next(iter(make_ds(batch_size=1, worker_count=0)))  # Input shapes for init.
   train_iter = iter(make_ds(batch_size=config.batch_size // process_count,
                             worker_count=config.input.worker_count))
@@ -235,7 +235,7 @@ def train(config, workdir):
   logging.info('model %s %s: %.2fM params', config.model.name, config.model.variant, n_params / 1e6)
 
   # --- Restore, or initialize.
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+  ckpt = checkpoint.Checkpointer(fileio.join(workdir, 'checkpoints'),
                                  every=config.checkpoint_every_steps, keep=config.keep_checkpoints,
                                  async_save=config.async_checkpointing)
   start, state = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract, state_shardings),

@@ -45,12 +45,13 @@ def tiny_config(data_dir, **fields):
   return c
 
 
-def train_process(workdir, data_dir, *extra_flags, devices=8, **popen_kwargs):
+def train_process(workdir, data_dir, *extra_flags, devices=8, cwd=REPO, env_extra=None,
+                  **popen_kwargs):
   """Starts `python -m bigvis.train` on tests/tiny_config.py as a child process."""
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             PYTHONPATH=REPO)
+             PYTHONPATH=REPO, **(env_extra or {}))
   cmd = [sys.executable, '-m', 'bigvis.train', '--config',
          os.path.join(REPO, 'tests', 'tiny_config.py') + f':data_dir={data_dir}',
          '--workdir', str(workdir), *extra_flags]
-  return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+  return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, **popen_kwargs)

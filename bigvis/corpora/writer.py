@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from array_record.python import array_record_module
 from tqdm import tqdm
 
-from bigvis import records
+from bigvis import fileio, records
 from bigvis.fileio import write_text_atomic
 from bigvis.records import Record
 
@@ -63,10 +63,9 @@ class TooManyBadItems(RuntimeError):
 
 def read_card(out_dir: str) -> dict:
   """The card of the corpus in `out_dir`; errors name the file."""
-  path = os.path.join(out_dir, CARD_JSON)
+  path = fileio.join(out_dir, CARD_JSON)
   try:
-    with open(path, encoding="utf-8") as f:
-      card = json.load(f)
+    card = json.loads(fileio.read_text(path))
   except FileNotFoundError:
     raise FileNotFoundError(
         f"no dataset card at {path}: prepare the corpus first (tools/prepare.py)") from None
