@@ -1,5 +1,5 @@
 # `make demo` and `make test` work on a fresh machine: both create .venv from requirements.txt (and
-# requirements-nodeps.txt) first.
+# requirements-nodeps.txt, then bigvis itself) first.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,11 +9,15 @@ KERNEL := bigvis/kernels/_cpu_attention.so
 
 .PHONY: demo test bench
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+# bigvis itself is installed editable (pyproject.toml; its dependencies are requirements.txt, already
+# pinned and installed), so `python -m bigvis.tools.X`, the bigvis-* commands and `python tools/X.py`
+# work from any folder.
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==25.3
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 # The fused CPU attention kernel, compiled for this machine (bigvis/kernels/cpu_attention.py).

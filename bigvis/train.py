@@ -356,5 +356,9 @@ def main(argv):
     raise app.UsageError(str(e)) from e  # The message that names the key, file or record.
 
 
-if __name__ == '__main__':
+def run():  # The `bigvis-train` console script.
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

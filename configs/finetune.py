@@ -21,16 +21,8 @@ Full size:
 Args: variant (as in configs/pretrain.py; it must match the pretrained run's), init (path),
 freeze (steps of frozen-trunk warm-up), runlocal.
 """
-import importlib.util
-import os
-
 from bigvis import config as config_lib
-
-# The sibling config, loaded by path so this file works from any working directory.
-_spec = importlib.util.spec_from_file_location(
-    'bigvis_configs_pretrain', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrain.py'))
-pretrain = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pretrain)
+from bigvis.configs import pretrain  # configs/ is installed as bigvis.configs (pyproject.toml)
 
 
 def get_config(arg=None):

@@ -50,9 +50,8 @@ def test_bad_values():
 
 
 def test_pretrain_config_variants_validate():
-  sys.path.insert(0, '.')
-  import importlib
-  pretrain = importlib.import_module('configs.pretrain')
+  from bigvis.configs import finetune, pretrain  # configs/ is installed as bigvis.configs
+  assert finetune.pretrain is pretrain
   for arg in ('', 'runlocal', 'variant=S/16,data=shapes', 'variant=resnet50,runlocal',
               'data=openclipart,labels=vocab',
               'variant=resnext50_32x4d'):

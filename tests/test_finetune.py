@@ -9,7 +9,7 @@ import pytest
 
 from bigvis import config as config_lib, evaluators, metrics, retrieval, train
 from tests import helpers
-from tools import embed
+from bigvis.tools import embed
 
 PP = 'decode|resize(32)|value_range(-1,1)'
 

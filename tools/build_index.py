@@ -20,9 +20,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bigvis import retrieval  # noqa: E402
+from bigvis import retrieval
 
 
 def main(argv=None):

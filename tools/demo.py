@@ -21,11 +21,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bigvis import fileio, retrieval  # noqa: E402
+from bigvis import fileio, retrieval
 
 QUERY_SPLIT, DATABASE_SPLIT = 'test_query', 'test_index'
 

@@ -16,15 +16,14 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-from bigvis import config as config_lib, corpora, data, heads, inference  # noqa: E402
-from bigvis import pretrained, records, retrieval, sharding  # noqa: E402
+from bigvis import config as config_lib, corpora, data, heads, inference
+from bigvis import pretrained, records, retrieval, sharding
 
 
 def load_run(workdir):

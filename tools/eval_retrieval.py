@@ -24,14 +24,13 @@ import shlex
 import sys
 import textwrap
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from tqdm import tqdm
 
-from bigvis import records, retrieval  # noqa: E402
-from bigvis.corpora import read_card  # noqa: E402
-from bigvis.fileio import write_text_atomic  # noqa: E402
+from bigvis import records, retrieval
+from bigvis.corpora import read_card
+from bigvis.fileio import write_text_atomic
 
 METHODS = {"float_exact": "float exact", "float_scann": "float ScaNN",
            "binary_exact": "binary exact (Hamming)", "binary_scann": "binary ScaNN"}

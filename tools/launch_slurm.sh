@@ -3,7 +3,7 @@
 #
 #   NODES=4 GPUS_PER_NODE=8 tools/launch_slurm.sh --config configs/pretrain.py:variant=L/16 --workdir /shared/run
 #
-# Needs the repo and its .venv (with `pip install 'jax[cuda13]==0.10.2'` on top of requirements.txt)
+# Needs the repo and its .venv (`make .venv/.installed`, then `pip install 'jax[cuda13]==0.10.2'`)
 # on a shared filesystem. srun sets SLURM_NTASKS/SLURM_PROCID/..., from which
 # bigvis.distributed.initialize() starts jax.distributed (cluster_detection_method='slurm').
 # Extra sbatch options: SBATCH_ARGS="--partition=a100 --time=24:00:00".

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bigvis import synthetic  # noqa: E402  (needs the path above when run as a script)
+from bigvis import synthetic
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,11 +17,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bigvis.corpora import read_card  # noqa: E402
-from bigvis.labels import MinerConfig  # noqa: E402
-from bigvis.labels.config import LABEL_EMBEDDINGS, parse_weights  # noqa: E402
+from bigvis.corpora import read_card
+from bigvis.labels import MinerConfig
+from bigvis.labels.config import LABEL_EMBEDDINGS, parse_weights
 
 
 def exclude_names(corpus: str, fields: list[str]) -> tuple[str, ...]:

@@ -19,7 +19,6 @@ import sys
 import time
 import typing
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # name -> ("module:function", one-line description). Adding a corpus is one line here.
 CORPORA = {
