@@ -14,7 +14,11 @@
 # TFLOP/s, MFU against the card's dense bf16 peak) and writes into OUTDIR: gpu_bench.md,
 # gpu_bench.json (everything), gpu.log, and the steps' own gpu_info/preflight/bigvis/torch.json.
 #
-# Knobs (environment): GPU_BENCH_VARIANT (B/16), GPU_BENCH_IMAGE (224), GPU_BENCH_BATCHES (tried
+# bigvis's ViT runs with config.model.impl=auto: on the GPU, stock flax layers with
+# jax.nn.dot_product_attention (cuDNN flash attention in bf16); GPU_BENCH_IMPL=cpu measures
+# bigvis's CPU-tuned layers there instead.
+#
+# Knobs (environment): GPU_BENCH_IMPL (auto), GPU_BENCH_VARIANT (B/16), GPU_BENCH_IMAGE (224), GPU_BENCH_BATCHES (tried
 # in order, first that fits; by default from the card's memory), GPU_BENCH_STEPS (10),
 # GPU_BENCH_REPEATS (3), GPU_BENCH_WARMUP (3), GPU_BENCH_BUDGET (s), GPU_PEAK_TFLOPS,
 # BIGVIS_PYTHON / TORCH_PYTHON (python3), XLA_PYTHON_CLIENT_MEM_FRACTION (0.9), TORCH_COMPILE_MODE,
@@ -83,7 +87,7 @@ main() {
   else batches=384,256,192,128
   fi
   local common=(--variant "$variant" --image "$image" --batches "$batches" --steps "$steps"
-                --repeats "$repeats" --warmup "$warmup")
+                --repeats "$repeats" --warmup "$warmup" --impl "${GPU_BENCH_IMPL:-auto}")
 
   python3 - "$OUTDIR/gpu_info.json" "$name" "$mem_mib" "$driver" "$smoke" <<'EOF'
 import json, sys
@@ -99,7 +103,8 @@ EOF
   local pre=$OUTDIR/preflight.json pre_rc site=${GPU_BENCH_SITE:-/tmp/bigvis-gpu-site}
   preflight() {
     JAX_PLATFORMS=cpu timeout -k 5 "$(atleast10 "$(min 120 $(($(left) - 60)))")" \
-      "$bpy" bench/gpu_step.py preflight --json "$pre" --variant "$variant" --image "$image"
+      "$bpy" bench/gpu_step.py preflight --json "$pre" --variant "$variant" --image "$image" \
+      --impl flax  # FLOPs counted on the stock layers: the same dots on every backend
   }
   install_wheels() {  # install_wheels REQUIREMENTS_FILE
     say "installing $(tr '\n' ' ' <"$1")from bench/.gpu-wheels into $site (no network)"

@@ -184,9 +184,10 @@ class Side:
 
 # ---------------------------------------------------------------------------------------- bigvis
 
-def bigvis_config(batch, variant):
+def bigvis_config(batch, variant, impl='auto'):
   from bigvis import config as config_lib  # pylint: disable=import-outside-toplevel
   c = config_lib.defaults()
+  c.model.impl = impl  # auto: stock flax layers + jax.nn.dot_product_attention on a GPU
   c.batch_size = batch
   c.model.name = 'vit'
   c.model.variant = variant
@@ -218,7 +219,7 @@ def cmd_preflight(args):
              modules={m: getattr(sys.modules.get(m), '__file__', None)
                       for m in ('ml_collections', 'grain', 'array_record', 'portpicker')})
   try:
-    c = bigvis_config(1, args.variant)
+    c = bigvis_config(1, args.variant, args.impl)
     model = heads.build_model(c)
     x = jax.ShapeDtypeStruct((1, args.image, args.image, 3), jnp.float32)
     params = jax.eval_shape(lambda k, im: model.init(k, im, train=False)['params'],
@@ -249,12 +250,14 @@ def cmd_bigvis(args):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from bigvis import heads, optim, train  # pylint: disable=import-outside-toplevel
   dev = jax.devices()[0]
+  from bigvis import models  # pylint: disable=import-outside-toplevel
   side.res.update(device=str(dev), device_kind=dev.device_kind, platform=dev.platform,
-                  xla_python_client_mem_fraction=os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION'))
+                  xla_python_client_mem_fraction=os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION'),
+                  impl=models.resolve_impl(args.impl))
   side.phase('imported')
 
   def attempt(b, side):
-    c = bigvis_config(b, args.variant)
+    c = bigvis_config(b, args.variant, args.impl)
     model = heads.build_model(c)
     tx, lr = optim.make_optimizer(c.optimizer, c.total_steps)
     rng = np.random.default_rng(0)
@@ -466,6 +469,8 @@ def cmd_report(args):
            '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
   for r in rows:
     name = label.get(r['side'], r['side'])
+    if r['side'] == 'bigvis' and r.get('impl'):
+      name = f'bigvis (jax.jit, XLA; impl {r["impl"]})'
     if r['side'] == 'torch' and r.get('torch_compile') is False:
       name = 'torch (eager, SDPA)'
     if not r.get('images_per_sec'):
@@ -512,6 +517,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument('cmd', choices=('preflight', 'bigvis', 'torch', 'report'))
   ap.add_argument('--variant', default='B/16')
+  ap.add_argument('--impl', default='auto', help='bigvis config.model.impl: auto | flax | cpu')
   ap.add_argument('--image', type=int, default=224)
   ap.add_argument('--batches', default='512,384,256,128')
   ap.add_argument('--steps', type=int, default=10)

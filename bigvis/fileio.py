@@ -81,19 +81,21 @@ def cache_dir() -> str:
 def local_copy(p) -> str:
   """A local path with the content of `p`: `p` itself if local, else a copy in the cache.
 
-  The copy is kept at `<cache>/<scheme>/<bucket>/<key>` and reused while its size matches the
-  object's; it is downloaded to a temporary name and renamed, so a killed copy is never reused.
+  The copy is kept at `<cache>/<scheme>/<bucket>/<key>` and reused while the object's size and
+  modification time are those it was copied at (a `.stamp` file beside it); it is downloaded to a
+  temporary name and renamed, so a killed copy is never reused.
   """
   if not is_remote(p):
     return os.fspath(p)
   scheme, rest = os.fspath(p).split('://', 1)
   local = os.path.join(cache_dir(), scheme, rest)
   src = path(p)
-  size = src.stat().length
-  if os.path.exists(local) and os.path.getsize(local) == size:
+  stat = src.stat()
+  stamp = f'{stat.length} {stat.mtime}'
+  if os.path.exists(local) and _read_stamp(local) == stamp:
     return local
   os.makedirs(os.path.dirname(local), exist_ok=True)
-  logging.info('staging %s (%.1f MB) in %s', p, size / 1e6, local)
+  logging.info('staging %s (%.1f MB) in %s', p, stat.length / 1e6, local)
   tmp = f'{local}.tmp-{os.getpid()}'
   try:
     src.copy(epath.Path(tmp), overwrite=True)
@@ -101,4 +103,83 @@ def local_copy(p) -> str:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+  write_text_atomic(local + '.stamp', stamp)
   return local
+
+
+def _read_stamp(local):
+  try:
+    with open(local + '.stamp', encoding='utf-8') as f:
+      return f.read()
+  except FileNotFoundError:
+    return None
+
+
+def publish(local_file, target) -> None:
+  """Moves a finished local file to `target`: a rename beside it, or one upload to a bucket."""
+  if is_remote(target):
+    path(local_file).copy(path(target), overwrite=True)
+    os.remove(local_file)
+  else:
+    os.replace(local_file, target)
+
+
+def scratch_dir(target) -> str:
+  """A local folder to build `target` in before `publish`: beside it if local (so the rename
+  stays on one filesystem), else in the cache."""
+  if is_remote(target):
+    parent = os.path.join(cache_dir(), 'scratch')
+  else:
+    parent = os.path.dirname(os.path.abspath(target))
+  os.makedirs(parent, exist_ok=True)
+  return parent
+
+
+def upload_dir(local_dir, target_dir, *, last, remove_stale=False) -> None:
+  """Copies the tree under `local_dir` into the bucket folder `target_dir`, the file named `last`
+  after all others: a reader that finds `last` (a manifest, a dataset card) finds the rest. With
+  `remove_stale`, objects under `target_dir` that `local_dir` lacks are deleted afterwards."""
+  names = sorted((os.path.relpath(os.path.join(d, f), local_dir) for d, _, fs in os.walk(local_dir)
+                  for f in fs), key=lambda n: (n == last, n))
+  dest = path(target_dir)
+  for name in names:
+    (dest / name).parent.mkdir(parents=True, exist_ok=True)
+    path(os.path.join(local_dir, name)).copy(dest / name, overwrite=True)
+  if remove_stale and dest.exists():
+    for item in _files_under(dest):
+      if os.fspath(item.relative_to(dest)) not in names:
+        item.unlink()
+
+
+def _files_under(folder):
+  """Every file below `folder` (epath refuses `**` globs on buckets)."""
+  for item in folder.iterdir():
+    if item.is_dir():
+      yield from _files_under(item)
+    else:
+      yield item
+
+
+@contextlib.contextmanager
+def output_dir(target, *, last):
+  """Yields a local folder in which to write the folder `target`: `target` itself if local; for a
+  bucket, a scratch copy in the cache (kept, so tools that reuse earlier output still can), whose
+  files are uploaded when the block ends without an error (`last` after the others, objects the
+  new output lacks removed). On an error the bucket is left as it was."""
+  if not is_remote(target):
+    os.makedirs(target, exist_ok=True)
+    yield os.fspath(target)
+    return
+  scheme, rest = os.fspath(target).split('://', 1)
+  local = os.path.join(cache_dir(), 'outputs', scheme, rest)
+  os.makedirs(local, exist_ok=True)
+  yield local
+  upload_dir(local, target, last=last, remove_stale=True)
+
+
+def download_dir(source_dir, local_dir) -> None:
+  """Copies the files of the bucket folder `source_dir` (not its subfolders) into `local_dir`."""
+  os.makedirs(local_dir, exist_ok=True)
+  for item in path(source_dir).iterdir():
+    if not item.is_dir():
+      item.copy(epath.Path(os.path.join(local_dir, item.name)), overwrite=True)

@@ -41,6 +41,8 @@ import zipfile
 import numpy as np
 from tqdm import tqdm
 
+from bigvis import fileio
+
 # A score block of queries x database is kept near this size (the top-k bookkeeping needs a few
 # temporaries of the same shape), so exact search runs in bounded memory on any database size.
 _BLOCK_BYTES = 64 << 20
@@ -448,6 +450,11 @@ def save_index(searcher, directory: str, meta: dict) -> None:
   if len(meta["ids"]) != meta["num_points"]:
     raise ValueError(
         f"save_index {directory}: {len(meta['ids'])} ids for {meta['num_points']} points")
+  if fileio.is_remote(directory):  # Built locally, then uploaded with meta.json last.
+    with tempfile.TemporaryDirectory(dir=fileio.scratch_dir(directory)) as local:
+      save_index(searcher, os.path.join(local, "index"), meta)
+      fileio.upload_dir(os.path.join(local, "index"), directory, last=INDEX_META)
+    return
   directory = os.path.abspath(directory)
   parent, name = os.path.split(directory)
   os.makedirs(parent, exist_ok=True)
@@ -480,6 +487,16 @@ def save_index(searcher, directory: str, meta: dict) -> None:
 
 def load_index(directory: str):
   """(searcher, meta) from a folder `save_index` wrote; ValueError naming it if damaged."""
+  if fileio.is_remote(directory):  # ScaNN reads local files: a fresh copy, checked as any other.
+    if not fileio.path(directory).is_dir():
+      raise FileNotFoundError(
+          f"{directory}: no such index folder (build one with tools/build_index.py)")
+    with tempfile.TemporaryDirectory(dir=fileio.scratch_dir(directory)) as local:
+      fileio.download_dir(directory, local)
+      try:
+        return load_index(local)
+      except ValueError as e:
+        raise ValueError(str(e).replace(local, directory)) from e
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f"{directory}: no such index folder (build one with tools/build_index.py)")
@@ -597,7 +614,7 @@ def load_embeddings(path: str) -> dict:
   Raises ValueError naming the file and the field when anything is missing or malformed.
   """
   try:
-    z = np.load(path, allow_pickle=False)
+    z = np.load(fileio.local_copy(path) if fileio.is_remote(path) else path, allow_pickle=False)
     if not isinstance(z, np.lib.npyio.NpzFile):
       raise ValueError(f"a single {type(z).__name__}, not an .npz archive")
     with z:
@@ -633,7 +650,7 @@ class EmbeddingsWriter:
   def __init__(self, path: str):
     self.path = path
     self._dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.parts-",
-                                 dir=os.path.dirname(os.path.abspath(path)))
+                                 dir=fileio.scratch_dir(path))
     self._layout = None  # field -> (dtype, row shape), fixed by the first batch
     self._rows, self._id_len, self._hashes = 0, 1, []
 
@@ -684,7 +701,7 @@ class EmbeddingsWriter:
                                                            ensure_ascii=False)))
       with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
-      os.replace(tmp, self.path)
+      fileio.publish(tmp, self.path)  # A rename, or one upload to a bucket.
     finally:
       self.abort()
 

@@ -303,8 +303,7 @@ def test_vit_gradient_sums_rows_with_dots(monkeypatch):
   assert len(row_reductions()) >= 1 + 2 * 4
 
 
-@pytest.mark.parametrize('pool_type,dtype,atol', [('tok', 'float32', 2e-5), ('map', 'float32', 2e-5),
-                                                  ('gap', 'bfloat16', 0.1)])
+@pytest.mark.parametrize('pool_type,dtype,atol', [('map', 'float32', 2e-5), ('gap', 'bfloat16', 0.1)])
 def test_flax_and_cpu_impls_agree(pool_type, dtype, atol):
   """Same param tree and init values; outputs and gradients equal within float rounding."""
   cfg = lambda impl: _cfg(name='vit', variant='test/8', pool_type=pool_type, dtype=dtype, impl=impl)

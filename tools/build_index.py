@@ -16,12 +16,11 @@ anisotropic_quantization_threshold, reorder). The folder holds ScaNN's files and
 
 import argparse
 import json
-import os
 import sys
 import time
 
 
-from bigvis import retrieval
+from bigvis import fileio, retrieval
 
 
 def main(argv=None):
@@ -48,7 +47,7 @@ def main(argv=None):
     seconds = time.perf_counter() - start
     meta = {"params": params, "metric": "hamming" if a.binary else "dot", "k": a.k,
             "num_points": len(vectors), "dim": dim, "build_seconds": seconds,
-            "ids": emb["id"], "embeddings": os.path.abspath(a.embeddings),
+            "ids": emb["id"], "embeddings": fileio.absolute(a.embeddings),
             "embeddings_meta": emb["meta"]}
     retrieval.save_index(searcher, a.out, meta)
   except (OSError, ValueError) as e:  # bad input: the message, no traceback

@@ -22,16 +22,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bigvis import config as config_lib, corpora, data, heads, inference
+from bigvis import config as config_lib, corpora, data, fileio, heads, inference
 from bigvis import pretrained, records, retrieval, sharding
 
 
 def load_run(workdir):
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = fileio.join(workdir, 'config.json')
+  if not fileio.path(path).exists():
     raise FileNotFoundError(f'{path}: not found; --workdir must be a bigvis training run')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(fileio.read_text(path)))
 
 
 def default_pp(config):
@@ -46,7 +45,7 @@ def default_pp(config):
 def class_fields(corpus, config):
   """Integer ground-truth fields to save as label/<field>: those the corpus card names classes
   for, or, for a corpus without a card, those the run's class tasks trained on."""
-  if not os.path.exists(os.path.join(corpus, corpora.writer.CARD_JSON)):
+  if not fileio.path(fileio.join(corpus, corpora.writer.CARD_JSON)).exists():
     return {t.label_field: ('class', t.num_classes) for t in config.tasks.values()
             if t.head != 'multilabel'}
   card = corpora.read_card(corpus)
@@ -74,7 +73,7 @@ def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_s
   example = next(iter(data.make_eval_dataset(paths, pp=pp, labels={}, batch_size=1)))
   fresh = jax.jit(model.init, static_argnames='train')(
       jax.random.key(0), jnp.asarray(example['image']), train=False)['params']
-  checkpoint = os.path.join(workdir, 'checkpoints', str(step)) if step is not None else workdir
+  checkpoint = fileio.join(workdir, 'checkpoints', str(step)) if step is not None else workdir
   params = pretrained.load(jax.device_get(fresh), checkpoint, skip=r'^$')
   shardings = sharding.tree_shardings(params, mesh, config.sharding)
   params = jax.device_put(params, shardings)
@@ -94,8 +93,8 @@ def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_s
                      for name in classifiers})
       writer.append(arrays)
       rows += len(embedding)
-    meta = {'corpus': os.path.abspath(corpus), 'split': split,
-            'checkpoint': os.path.abspath(checkpoint), 'step': int(_restored_step(workdir, step)),
+    meta = {'corpus': fileio.absolute(corpus), 'split': split,
+            'checkpoint': fileio.absolute(checkpoint), 'step': int(_restored_step(workdir, step)),
             'task': task, 'pp': pp, 'images_per_second': rows / (time.perf_counter() - start)}
     writer.close(meta)
   except BaseException:
@@ -107,7 +106,8 @@ def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_s
 def _restored_step(workdir, step):
   if step is not None:
     return step
-  steps = [int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()]
+  steps = [int(d.name) for d in (fileio.path(workdir) / 'checkpoints').iterdir()
+           if d.name.isdigit()]
   return max(steps)
 
 
@@ -123,7 +123,8 @@ def main(argv=None):
   p.add_argument('--batch_size', type=int, default=256)
   a = p.parse_args(argv)
   try:
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    if not fileio.is_remote(a.out):
+      os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     rows, meta = embed(a.workdir, a.corpus, a.split, a.out, step=a.step, task=a.task, pp=a.pp,
                        batch_size=a.batch_size)
   except (OSError, ValueError, config_lib.ConfigError, records.RecordError) as e:

@@ -28,7 +28,7 @@ import textwrap
 import numpy as np
 from tqdm import tqdm
 
-from bigvis import records, retrieval
+from bigvis import fileio, records, retrieval
 from bigvis.corpora import read_card
 from bigvis.fileio import write_text_atomic
 
@@ -89,8 +89,8 @@ class _Images:
     import grain  # here: only the examples need the corpus
     meta = emb["meta"]
     corpus = meta["corpus"]
-    if not os.path.isabs(corpus) and not os.path.isdir(corpus):  # relative to the npz's folder
-      corpus = os.path.join(os.path.dirname(os.path.abspath(where)), corpus)
+    if not fileio.is_remote(corpus) and not os.path.isabs(corpus) and not os.path.isdir(corpus):
+      corpus = os.path.join(os.path.dirname(os.path.abspath(where)), corpus)  # beside the npz
     self.where = f"{corpus} split {meta['split']!r}"
     self.source = grain.sources.ArrayRecordDataSource(records.shard_paths(corpus, meta["split"]))
     self.emb = emb
@@ -169,14 +169,11 @@ def examples_figure(path, queries, database, q_path, db_path, label, ids, rows) 
   fig.suptitle(f"Top {cols - 1} float-ScaNN results by '{label}' "
                "(green: same label, red: not)", fontsize=9)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
   try:
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with fileio.atomic_file(path) as f:  # local or in a bucket
+      fig.savefig(f, dpi=100, format="png")
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return drawn
 
 
@@ -211,15 +208,15 @@ def main(argv=None):
         params=retrieval.parse_scann_params(a.param), repeats=a.repeats, return_neighbors=True)
     command = ["tools/eval_retrieval.py", *(sys.argv[1:] if argv is None else argv)]
     report = {"command": shlex.join(command),
-              "queries_file": os.path.abspath(a.queries),
-              "database_file": os.path.abspath(a.database),
+              "queries_file": fileio.absolute(a.queries),
+              "database_file": fileio.absolute(a.database),
               "queries_meta": queries["meta"], "database_meta": database["meta"], **report}
-    os.makedirs(a.out, exist_ok=True)
+    fileio.path(a.out).mkdir(parents=True, exist_ok=True)
     write_json = lambda: write_text_atomic(  # noqa: E731
-        os.path.join(a.out, "retrieval.json"),
+        fileio.join(a.out, "retrieval.json"),
         json.dumps(_nan_to_none(report), indent=1, ensure_ascii=False) + "\n")
     write_json()  # the figures are safe before the examples need the corpus
-    write_text_atomic(os.path.join(a.out, "retrieval.md"), markdown(report))
+    write_text_atomic(fileio.join(a.out, "retrieval.md"), markdown(report))
     if a.examples:
       # Queries that can succeed (a relevant item exists), a seeded choice, in file order.
       field = f"label/{a.label}"
@@ -229,7 +226,7 @@ def main(argv=None):
       if len(rows):
         try:
           report["examples"] = examples_figure(
-              os.path.join(a.out, "examples.png"), queries, database, a.queries, a.database,
+              fileio.join(a.out, "examples.png"), queries, database, a.queries, a.database,
               a.label, neighbors["float_scann"], rows)
         except (OSError, ValueError) as e:
           raise ValueError(f"examples.png (the figures are written; --examples 0 skips it): {e}")

@@ -10,7 +10,6 @@ generator under another split name, so they differ from every training image.
 from __future__ import annotations
 
 import argparse
-import os
 
 
 from bigvis import synthetic

@@ -18,7 +18,9 @@ import sys
 import time
 
 
+from bigvis import fileio
 from bigvis.corpora import read_card
+from bigvis.corpora.writer import CARD_JSON
 from bigvis.labels import MinerConfig
 from bigvis.labels.config import LABEL_EMBEDDINGS, parse_weights
 
@@ -78,22 +80,25 @@ def main(argv=None):
         seed=a.seed, fit_splits=tuple(a.fit_splits.split(",")),
         exclude=exclude_names(a.corpus, [f for f in a.exclude_names_of.split(",") if f]))
     start = time.time()
-    if a.runner == "local":
-      from bigvis.labels import local
-      stats = local.run(a.corpus, a.out, cfg, workers=a.workers or None, chunk_size=a.chunk_size)
-    else:
-      logging.getLogger().setLevel(logging.WARNING)
-      from bigvis.labels import beam
-      print("beam: running the pipeline (no per-record progress bar; Beam logs its stages)",
-            file=sys.stderr)
-      stats = beam.run(a.corpus, a.out, cfg, pipeline_args=beam_args or None,
-                       chunk_size=a.chunk_size)
+    # A bucket --out is mined into a local scratch folder, then uploaded, the card last.
+    with fileio.output_dir(a.out, last=CARD_JSON) as out:
+      if a.runner == "local":
+        from bigvis.labels import local
+        stats = local.run(a.corpus, out, cfg, workers=a.workers or None, chunk_size=a.chunk_size)
+      else:
+        logging.getLogger().setLevel(logging.WARNING)
+        from bigvis.labels import beam
+        print("beam: running the pipeline (no per-record progress bar; Beam logs its stages)",
+              file=sys.stderr)
+        stats = beam.run(a.corpus, out, cfg, pipeline_args=beam_args or None,
+                         chunk_size=a.chunk_size)
+      seconds = time.time() - start
+      if not a.no_plots:
+        from bigvis.labels import plots  # here: spawned workers re-import this module
+      made = [] if a.no_plots else [fileio.join(a.out, os.path.relpath(p, out))
+                                    for p in plots.write(out)]
   except (OSError, ValueError, RuntimeError) as e:  # Bad input: the message, no traceback.
     sys.exit(f"mine_labels.py: error: {e}")
-  seconds = time.time() - start
-  if not a.no_plots:
-    from bigvis.labels import plots  # here: spawned workers re-import this module
-  made = [] if a.no_plots else plots.write(a.out)
   summary = {"out": a.out, "runner": a.runner, "seconds": round(seconds, 1),
              "records": stats["records"], "vocabulary": stats["vocabulary"],
              "labels": {k: stats["labels"][k] for k in ("coverage", "uncovered", "per_record",

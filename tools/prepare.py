@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import os
 import sys
 import time
 import typing
+
+from bigvis import fileio
+from bigvis.corpora.writer import CARD_JSON
 
 
 # name -> ("module:function", one-line description). Adding a corpus is one line here.
@@ -95,13 +97,15 @@ def main(argv: list[str] | None = None) -> None:
   out = args.pop("out")
   start = time.time()
   try:
-    card = fn(out, **args)
+    # A bucket --out is written in a local scratch folder, then uploaded, the card last.
+    with fileio.output_dir(out, last=CARD_JSON) as local_out:
+      card = fn(local_out, **args)
   except (OSError, ValueError, RuntimeError) as e:  # Bad input or fetch: the message, no traceback.
     sys.exit(f"prepare.py {name}: error: {e}")
   for split, s in card["splits"].items():
     print(f"{split:12s} {s['records']:8d} records  {s['shards']} shards  {s['bytes'] / 2**20:7.1f} MiB")
   print(f"{'total':12s} {card['num_records']:8d} records; skipped {card['skipped']['count']}, "
-        f"duplicates {card['duplicates']['count']}; card {os.path.join(out, 'DATASET_CARD.md')}")
+        f"duplicates {card['duplicates']['count']}; card {fileio.join(out, 'DATASET_CARD.md')}")
   print(f"prepared {name} in {time.time() - start:.1f} s")
 
 
