@@ -51,7 +51,10 @@ def atomic_file(target, mode='wb', **open_kwargs):
     yield buffer
     data = buffer.getvalue()
     dest = path(target)
-    (dest.write_bytes if 'b' in mode else dest.write_text)(data)
+    if 'b' in mode:
+      dest.write_bytes(data)
+    else:
+      dest.write_text(data, encoding=open_kwargs.get('encoding', 'utf-8'))
     return
   tmp = f'{target}.tmp-{os.getpid()}'
   try:

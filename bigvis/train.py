@@ -346,11 +346,13 @@ def main(argv):
     raise app.UsageError('Both --config and --workdir are required.')
   logging.get_absl_handler().addFilter(_OnlyOwnInfo())
   logging.set_verbosity(logging.INFO)
-  # Before JAX starts its backends (nothing has computed yet): CPU-only flags and malloc settings.
-  tuned = cpu_tuning.apply(_CONFIG.value.get('host_tuning', 'auto'))
-  logging.info('host tuning (%s): %s', _CONFIG.value.get('host_tuning', 'auto'), tuned)
+  config = _CONFIG.value
   try:
-    train(_CONFIG.value, _WORKDIR.value)
+    config_lib.validate(config)
+    # Before JAX starts its backends (nothing has computed yet): CPU-only flags and malloc settings.
+    tuned = cpu_tuning.apply(config.host_tuning)
+    logging.info('host tuning (host_tuning=%s): %s', config.host_tuning, tuned)
+    train(config, _WORKDIR.value)
   except (config_lib.ConfigError, records.RecordError, FileNotFoundError, DataQualityError,
           NonFiniteError, checkpoint.CheckpointError) as e:
     raise app.UsageError(str(e)) from e  # The message that names the key, file or record.

@@ -85,6 +85,8 @@ def test_one_device_and_eight_devices_give_the_same_losses(shapes_dir, tmp_path)
   for name, p in procs.items():
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
+    # The CLI's start-up applied the CPU host settings (this backend is the CPU).
+    assert "host tuning (host_tuning=auto): {'xla_flags': True, 'keep_freed_memory': True}" in err
   one, eight = (metrics.read_metrics(tmp_path / n) for n in ('1', '8'))
   assert [r['step'] for r in one] == [r['step'] for r in eight] == list(range(1, 9))
   for key in ('loss', 'loss/labels', 'loss/identity', 'loss/shape', 'grad_norm'):
