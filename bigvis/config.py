@@ -27,7 +27,7 @@ def task(head, label_field, num_classes=0, *, loss=None, weight=1.0, embed_dim=2
       num_classes=num_classes, embed_dim=embed_dim, temperature=temperature))
 
 
-EVAL_KINDS = ('classification', 'retrieval', 'knn')
+EVAL_KINDS = ('classification', 'retrieval', 'knn', 'linear_probe')
 NONFINITE_POLICIES = ('skip', 'stop')
 HOST_TUNING = ('auto', 'on', 'off')  # bigvis.cpu_tuning.MODES
 
@@ -43,6 +43,8 @@ def evaluator(kind, *, every_steps, split='', query_split='', index_split='', la
     `label_field` (same label = relevant). With one split for both, a query never finds itself.
   kind 'knn': k-nearest-neighbour classification (k = `k`, cosine, majority vote) of
     `label_field` on the trunk's pooled features, `index_split` as memory, `query_split` as test.
+  kind 'linear_probe': logistic regression on the frozen pooled features (bigvis/probe.py: L2
+    chosen on a slice of `index_split`), trained on `index_split`, accuracy on `query_split`.
   pp: the eval preprocessing (no random ops), e.g. 'decode|resize(64)|value_range(-1,1)'.
   batch_size 0 = the training batch; data_dir '' = config.input.data_dir.
   """
@@ -225,7 +227,8 @@ def _check_evaluator(name, e, tasks):
     raise ConfigError(f'{where}.every_steps must be positive, got {e.every_steps}')
   needed = {'classification': ('split', 'pp'),
             'retrieval': ('query_split', 'index_split', 'label_field', 'task', 'pp'),
-            'knn': ('query_split', 'index_split', 'label_field', 'pp')}[e.kind]
+            'knn': ('query_split', 'index_split', 'label_field', 'pp'),
+            'linear_probe': ('query_split', 'index_split', 'label_field', 'pp')}[e.kind]
   for key in needed:
     if not e[key]:
       raise ConfigError(f'{where}: kind {e.kind!r} needs {key}')
@@ -235,6 +238,9 @@ def _check_evaluator(name, e, tasks):
       raise ConfigError(f'{where}.task={e.task!r} is not an embedding task; those are {embedding}')
     if not e.ks or min(e.ks) < 1:
       raise ConfigError(f'{where}.ks={e.ks!r} must be positive integers')
+  if e.kind == 'linear_probe' and e.query_split == e.index_split:
+    raise ConfigError(f'{where}: a linear probe is scored on other rows than it is fitted on; '
+                      f'query_split and index_split are both {e.query_split!r}')
   if e.kind == 'knn' and e.k < 1:
     raise ConfigError(f'{where}.k must be positive, got {e.k}')
 

@@ -3,13 +3,14 @@
 Each entry names a kind (see `bigvis.config.evaluator`): 'classification' (accuracy of each
 classifier head, precision@1 of each multilabel head), 'retrieval' (recall@k of an embedding head,
 float by cosine and binary by Hamming distance, exact search) or 'knn' (k-NN accuracy on the
-trunk's pooled features). `Evaluators.run(params, step)` returns {'eval/<name>/<metric>': value}
+trunk's pooled features) or 'linear_probe' (logistic regression on the frozen pooled features,
+bigvis/probe.py). `Evaluators.run(params, step)` returns {'eval/<name>/<metric>': value}
 for the entries due at `step`.
 """
 import numpy as np
 
 from bigvis import config as config_lib
-from bigvis import inference, records, retrieval
+from bigvis import inference, probe, records, retrieval
 
 
 def accuracy(logits, labels):
@@ -126,3 +127,10 @@ class Evaluators:
     label = f'label/{e.label_field}'
     return {f'{e.k}nn_accuracy': knn_accuracy(query['pooled'], query[label], index['pooled'],
                                               index[label], e.k, same)}
+
+  def _linear_probe(self, params, e, cache):
+    test, train, _ = self._pair(params, e, cache)
+    label = f'label/{e.label_field}'
+    result = probe.linear_probe(train['pooled'], train[label], test['pooled'], test[label],
+                                seed=self.config.seed)
+    return {'linear_probe_accuracy': result['accuracy'], 'linear_probe_c': result['c']}

@@ -1,5 +1,7 @@
 """Embeds one split of a corpus with a trained bigvis run: embeddings, binary codes, pooled
 features, head predictions and ground truth, saved with the record ids in one .npz.
+The embedding is the run's embedding head, or (`--features pooled`, the default for a run without
+one, e.g. pretrained only) the trunk's pooled features L2-normalized.
 
   python tools/embed.py --workdir runs/finetune --split test_query --out runs/finetune/q.npz
   python tools/embed.py --workdir runs/finetune --split test_index --out runs/finetune/db.npz \\
@@ -54,15 +56,32 @@ def class_fields(corpus, config):
           if kinds.get(f, {}).get('kind') == 'int'}
 
 
-def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_size=256):
+FEATURES = ('auto', 'embedding', 'pooled')
+
+
+def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_size=256,
+          features='auto'):
   """Embeds `split` into `out` batch by batch (memory does not grow with the split); returns
-  (rows, meta)."""
+  (rows, meta).
+
+  features 'embedding': the output of the embedding head `task`; 'pooled': the trunk's pooled
+  features, L2-normalized (any run, a pretrained-only one too: for k-NN, retrieval and linear
+  probes of the representation); 'auto': the embedding head if the run has one, else pooled.
+  """
+  if features not in FEATURES:
+    raise ValueError(f'--features {features!r}: choose from {FEATURES}')
   config = load_run(workdir)
   corpus = corpus or config.input.data_dir
   embedding_tasks = [n for n, t in config.tasks.items() if t.head == 'embedding']
-  task = task or (embedding_tasks[0] if len(embedding_tasks) == 1 else None)
-  if task not in embedding_tasks:
-    raise ValueError(f'--task {task!r}: the run\'s embedding tasks are {embedding_tasks}')
+  if features == 'auto':
+    features = 'embedding' if task or embedding_tasks else 'pooled'
+  if features == 'embedding':
+    task = task or (embedding_tasks[0] if len(embedding_tasks) == 1 else None)
+    if task not in embedding_tasks:
+      raise ValueError(f'--task {task!r}: the run\'s embedding tasks are {embedding_tasks} '
+                       '(--features pooled embeds any run with its trunk\'s pooled features)')
+  elif task:
+    raise ValueError(f'--task {task!r} names an embedding head; --features pooled uses none')
   pp = pp or default_pp(config)
   paths = records.shard_paths(corpus, split)
   labels = class_fields(corpus, config)
@@ -84,7 +103,11 @@ def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_s
   try:
     for batch in inference.Predictor(model, mesh, shardings).iter_batches(
         params, paths, pp=pp, labels=labels, batch_size=batch_size, desc=f'embed {split}'):
-      embedding = batch[f'embedding/{task}'].astype(np.float32)
+      if features == 'embedding':
+        embedding = batch[f'embedding/{task}'].astype(np.float32)
+      else:
+        pooled = batch['pooled'].astype(np.float32)
+        embedding = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
       arrays = {'id': batch['id'], 'index': batch['index'].astype(np.int64),
                 'embedding': embedding, 'codes': retrieval.binary_codes(embedding),
                 'pooled': batch['pooled'].astype(np.float32)}
@@ -95,7 +118,7 @@ def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_s
       rows += len(embedding)
     meta = {'corpus': fileio.absolute(corpus), 'split': split,
             'checkpoint': fileio.absolute(checkpoint), 'step': int(_restored_step(workdir, step)),
-            'task': task, 'pp': pp, 'images_per_second': rows / (time.perf_counter() - start)}
+            'task': task or '', 'features': features, 'pp': pp, 'images_per_second': rows / (time.perf_counter() - start)}
     writer.close(meta)
   except BaseException:
     writer.abort()  # A failed or interrupted run publishes nothing.
@@ -119,6 +142,9 @@ def main(argv=None):
   p.add_argument('--corpus', default='', help="corpus folder (default: the run's input.data_dir)")
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
   p.add_argument('--task', default=None, help='embedding task (default: the only one)')
+  p.add_argument('--features', choices=FEATURES, default='auto',
+                 help="'embedding' (a head), 'pooled' (the trunk's features, L2-normalized: any "
+                      "run), 'auto' (the head if the run has one)")
   p.add_argument('--pp', default=None, help="preprocessing (default: the run's eval pp)")
   p.add_argument('--batch_size', type=int, default=256)
   a = p.parse_args(argv)
@@ -126,7 +152,7 @@ def main(argv=None):
     if not fileio.is_remote(a.out):
       os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     rows, meta = embed(a.workdir, a.corpus, a.split, a.out, step=a.step, task=a.task, pp=a.pp,
-                       batch_size=a.batch_size)
+                       batch_size=a.batch_size, features=a.features)
   except (OSError, ValueError, config_lib.ConfigError, records.RecordError) as e:
     sys.exit(f'embed.py: error: {e}')
   print(json.dumps({'out': a.out, 'records': rows, **meta}, indent=1))
