@@ -51,6 +51,7 @@ def emulator():
   proc = subprocess.Popen([sys.executable, '-m', 'tests.gcs_server', str(port)], cwd=repo,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   emu = Emulator(port)
+  saved = {k: os.environ.get(k) for k in emu.env()}
   try:
     deadline = time.time() + 30
     while True:
@@ -61,13 +62,12 @@ def emulator():
         if proc.poll() is not None or time.time() > deadline:
           raise RuntimeError('gcp-storage-emulator did not start') from None
         time.sleep(0.1)
-    saved = {k: os.environ.get(k) for k in emu.env()}
     os.environ.update(emu.env())
     yield emu
   finally:
     proc.terminate()
     proc.wait(timeout=10)
-    for k, v in locals().get('saved', {}).items():
+    for k, v in saved.items():
       if v is None:
         os.environ.pop(k, None)
       else:
