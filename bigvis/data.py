@@ -111,6 +111,8 @@ def _target(value, kind: str, num_classes: int, where: str, field: str) -> np.nd
     if not in_range(value):
       raise bad(f"class label {value!r} is not an int in [0, {num_classes})")
     return np.int32(value)
+  if in_range(value):  # One class of a multi-label field.
+    value = [value]
   if not isinstance(value, list) or not all(in_range(x) for x in value):
     raise bad(f"multi_hot label {value!r} is not a list of ints in [0, {num_classes})")
   hot = np.zeros(num_classes, np.float32)

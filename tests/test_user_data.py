@@ -270,3 +270,99 @@ def test_bad_fraction_through_write_corpus(folder, tmp_path):
   assert got["cat-a"].image == PNG and got["cat-a"].texts["caption"] == "été"
   assert {s: v["records"] for s, v in card["splits"].items()} == {
       s: sum(user.hash_split(i, 0.5) == s for i in got) for s in card["splits"]}
+
+
+# --- string labels become classes -----------------------------------------------------------------
+
+def _labelled_folder(tmp_path, rows, name="labelled"):
+  """A folder of distinct small PNGs and a JSONL giving each the labels in `rows`."""
+  root = tmp_path / name
+  root.mkdir()
+  lines = []
+  for n, labels in enumerate(rows):
+    (root / f"{n}.png").write_bytes(_img("PNG", size=(8, 8), seed=100 + n))
+    lines.append({"image": f"{n}.png", "id": f"item-{n}", "caption": f"item {n}", **labels})
+  meta = tmp_path / f"{name}.jsonl"
+  meta.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n")
+  return root, meta
+
+
+def _stored(out):
+  got = {}
+  for p in records.shard_paths(str(out)):
+    for raw in records.read_shard(p):
+      r = records.decode(raw, p)
+      got[r.id] = r.labels
+  return got
+
+
+STRING_ROWS = [{"category": "zoo", "tags": ["red", "round"]}, {"category": "animals"},
+               {"category": "Ärger", "tags": "red"}, {"category": "animals", "tags": []},
+               {"category": "zoo", "tags": ["square"]}, {"category": "bikes"}]
+
+
+def test_string_labels_become_sorted_classes_and_map_back(tmp_path):
+  root, meta = _labelled_folder(tmp_path, STRING_ROWS)
+  out = tmp_path / "out"
+  card = user.prepare(str(out), format="folder", root=str(root), metadata=str(meta),
+                      label_fields=("category", "tags"), val_fraction=0.0)
+  names = card["label_names"]
+  assert names["category"] == ["animals", "bikes", "zoo", "Ärger"]  # sorted by code point
+  assert names["tags"] == ["red", "round", "square"]
+  fields = card["fields"]["labels"]
+  assert fields["category"]["kind"] == "int" and fields["category"]["num_classes"] == 4
+  assert fields["tags"]["kind"] == "list[int]" and fields["category"]["from_strings"]
+  stored = _stored(out)
+  for n, row in enumerate(STRING_ROWS):  # Ids in the records, names back through the card.
+    labels = stored[f"item-{n}"]
+    assert isinstance(labels["category"], int)
+    assert names["category"][labels["category"]] == row["category"]
+    if "tags" in row:
+      want = row["tags"] if isinstance(row["tags"], list) else [row["tags"]]
+      assert [names["tags"][i] for i in labels["tags"]] == want
+  counts = card["splits"]["train"]["class_counts"]["category"]
+  assert counts == {"animals": 2, "bikes": 1, "zoo": 2, "Ärger": 1}
+  # The same input gives the same ids on a second run.
+  again = user.prepare(str(tmp_path / "again"), format="folder", root=str(root),
+                       metadata=str(meta), label_fields=("category", "tags"), val_fraction=0.0)
+  assert again["label_names"] == names and _stored(tmp_path / "again") == stored
+  # The input pipeline reads them like a built-in corpus's labels.
+  from bigvis import data
+  batch = next(iter(data.make_eval_dataset(
+      records.shard_paths(str(out)), pp="decode|resize(8)|value_range(-1,1)",
+      labels={"category": ("class", 4)}, batch_size=6, with_ids=True)))
+  for i, label in zip(batch["id"], batch["labels"]["category"]):
+    assert names["category"][label] == STRING_ROWS[int(i.split("-")[1])]["category"]
+
+
+def test_class_lists_from_another_corpus_keep_its_ids_and_skip_unknown_values(tmp_path):
+  root, meta = _labelled_folder(tmp_path, STRING_ROWS)
+  first = tmp_path / "first"
+  user.prepare(str(first), format="folder", root=str(root), metadata=str(meta),
+               label_fields=("category",), val_fraction=0.0)
+  rows = [{"category": "zoo"}, {"category": "bikes"}, {"category": "cars"}]
+  root2, meta2 = _labelled_folder(tmp_path, rows, name="second")
+  out = tmp_path / "second_out"
+  card = user.prepare(str(out), format="folder", root=str(root2), metadata=str(meta2),
+                      label_fields=("category",), val_fraction=0.0, max_bad_fraction=0.5,
+                      label_classes_from=str(first))
+  names = read_card(str(first))["label_names"]["category"]
+  assert card["label_names"]["category"] == names
+  stored = _stored(out)
+  assert stored == {"item-0": {"category": names.index("zoo")},
+                    "item-1": {"category": names.index("bikes")}}
+  (skipped,) = card["skipped"]["items"]
+  assert skipped["id"] == "item-2" and "'cars' is not one of its 4 classes" in skipped["reason"]
+
+
+def test_a_field_mixing_ints_and_strings_is_refused_and_the_old_corpus_kept(tmp_path):
+  root, meta = _labelled_folder(tmp_path, STRING_ROWS[:2])
+  out = tmp_path / "out"
+  user.prepare(str(out), format="folder", root=str(root), metadata=str(meta),
+               label_fields=("category",), val_fraction=0.0)
+  before = _stored(out)
+  root2, meta2 = _labelled_folder(tmp_path, [{"category": 3}, {"category": "zoo"}], name="mixed")
+  with pytest.raises(ValueError, match="label field 'category' mixes int and str"):
+    user.prepare(str(out), format="folder", root=str(root2), metadata=str(meta2),
+                 label_fields=("category",), val_fraction=0.0)
+  assert _stored(out) == before and read_card(str(out))["status"] == "failed"

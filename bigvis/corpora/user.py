@@ -8,7 +8,8 @@ input, like a missing file or directory, does):
        "id": "cat-1",                    optional (default: the image path); str or int
        "texts": {"title": "..."},        optional map source -> text
        "caption": "...", "title": ...,   top-level text fields named in `text_fields`
-       "labels": {"species": 3}}         optional map field -> int | str | list[int] | list[str]
+       "labels": {"species": "cat"}}     optional map field -> int | str | list[int] | list[str];
+                                         strings become classes (label_classes.py)
     Top-level keys named in `label_fields` become labels too; other keys are ignored (img2dataset
     adds url, width, status, ...). Paths that leave `root` (absolute, '..', symlinks) are skipped.
   read_webdataset(tar_paths)          WebDataset shards: members KEY.jpg|jpeg|png|webp (image),
@@ -31,9 +32,9 @@ import posixpath
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from bigvis import records
+from bigvis import fileio, records
 from bigvis.corpora.safety import BadItem, clean_text, record_image, safe_member
-from bigvis.corpora.writer import Skipped, write_corpus
+from bigvis.corpora.writer import Skipped, read_card, write_corpus
 from bigvis.records import Record
 
 TEXT_FIELDS = ("caption", "title", "description", "alt", "text")
@@ -307,6 +308,10 @@ def add_arguments(parser) -> None:
     p.add_argument("--num_shards", type=int, default=1, help="shards per split (default 1)")
     p.add_argument("--license", default="unknown (user data)", help="license for the card")
     p.add_argument("--description", default="", help="description for the card")
+    p.add_argument("--label_classes_from", default="",
+                   help="a prepared corpus (or a trained run's corpus) whose card's class lists "
+                   "this one keeps, so ids match; an item whose string label is not in its "
+                   "field's list is skipped (default: each string field's sorted values)")
 
 
 def items(fmt: str, *, root=None, metadata=None, inputs=(), text_fields=None, label_fields=(),
@@ -329,9 +334,19 @@ def items(fmt: str, *, root=None, metadata=None, inputs=(), text_fields=None, la
 
 def prepare(out_dir: str, *, format: str, name: str = "user", val_fraction: float = 0.05,  # noqa: A002
             max_bad_fraction: float = 0.01, num_shards: int = 1, license: str = "unknown (user data)",  # noqa: A002
-            description: str = "", **reader_options) -> dict:
-  """Writes the user's data (reader options as for `items`) as a corpus in `out_dir`; returns the card."""
+            description: str = "", label_classes_from: str = "", **reader_options) -> dict:
+  """Writes the user's data (reader options as for `items`) as a corpus in `out_dir`; returns the card.
+
+  String labels become classes (bigvis/corpora/label_classes.py): each field's sorted values, or
+  the class lists of the corpus in `label_classes_from`.
+  """
   source = reader_options.get("root") or ", ".join(reader_options.get("inputs") or ())
+  extra = {}
+  if label_classes_from:
+    names = read_card(label_classes_from).get("label_names", {})
+    if not names:
+      raise ValueError(f"--label_classes_from {label_classes_from}: its card names no classes")
+    extra = {"label_names": names, "label_classes_from": fileio.absolute(label_classes_from)}
   return write_corpus(
       items(format, **reader_options), out_dir, name=name,
       split_of=lambda r: hash_split(r.id, val_fraction), num_shards=num_shards,
@@ -339,4 +354,4 @@ def prepare(out_dir: str, *, format: str, name: str = "user", val_fraction: floa
       card={"description": description or f"User data ({format}) from {source}",
             "source": f"{format}: {source}", "license": license,
             "splits_rule": f"validation = ids whose sha256 falls in the first {val_fraction} "
-                           "of its range; train = the rest"})
+                           "of its range; train = the rest", **extra})

@@ -39,6 +39,7 @@ from array_record.python import array_record_module
 from tqdm import tqdm
 
 from bigvis import fileio, records
+from bigvis.corpora import label_classes
 from bigvis.fileio import write_text_atomic
 from bigvis.records import Record
 
@@ -151,18 +152,13 @@ class _Stats:
       if names is not None and len(names) <= _HISTOGRAM_MAX_CLASSES:
         per_split.setdefault(field, Counter()).update(
             names[v] if isinstance(v, int) else v for v in values)
-
-
-def _check_label_names(record: Record, label_names: dict) -> None:
-  """Int labels of a named field must index its class names (a bug upstream otherwise)."""
-  for field, names in label_names.items():
-    value = record.labels.get(field)
-    values = value if isinstance(value, (list, tuple)) else [value]
-    for v in values:
-      if isinstance(v, int) and not 0 <= v < len(names):
-        raise records.RecordError(
-            f"field 'labels.{field}': class id {v} is outside label_names[{field!r}] "
-            f"({len(names)} names)")
+      elif names is None and values and isinstance(values[0], str):
+        # String classes (named after the stream): counted while they stay few.
+        if len(self.label_values[field]) <= _HISTOGRAM_MAX_CLASSES:
+          per_split.setdefault(field, Counter()).update(values)
+        else:
+          for h in self.histograms.values():
+            h.pop(field, None)
 
 
 def _shard_files(out_dir: str) -> list[str]:
@@ -185,13 +181,21 @@ def _remove_stale_staging(out_dir: str) -> None:
     shutil.rmtree(os.path.join(out_dir, entry), ignore_errors=True)
 
 
+def _stored_kind(kinds: set[str], named: bool) -> str:
+  """What the records hold: the strings of a named field were written as class ids."""
+  if named and any("str" in k for k in kinds):
+    kinds = {"list[int]"} if any(k.startswith("list") for k in kinds) else {"int"}
+  return " | ".join(sorted(kinds)) or "list"
+
+
 def _build_card(card: dict, *, name: str, stats: _Stats, splits: dict, status: str,
                 out_dir: str) -> dict:
   label_names = card.get("label_names", {})
   fields = {
       "texts": {k: stats.texts[k] for k in sorted(stats.texts)},
       "labels": {
-          f: {"kind": " | ".join(sorted(stats.label_kinds[f])) or "list",
+          f: {"kind": _stored_kind(stats.label_kinds[f], f in label_names),
+              "from_strings": any("str" in k for k in stats.label_kinds[f]),
               "records": stats.label_records[f],
               "classes_seen": len(stats.label_values[f]),
               "num_classes": len(label_names[f]) if f in label_names else None}
@@ -318,8 +322,8 @@ def write_corpus(items: Iterable[Record | Skipped], out_dir: str, *, name: str,
         raise TypeError(f"{name}: item {stats.total - 1} is a {type(item).__name__}, "
                         "expected Record or Skipped")
       try:
-        raw = records.encode(item, f"{name} item {stats.total - 1}")
-        _check_label_names(item, label_names)
+        raw = records.encode(label_classes.to_ids(item, label_names),
+                             f"{name} item {stats.total - 1}")
       except records.RecordError as e:
         stats.skip(Skipped(str(getattr(item, "id", "?")), f"invalid record: {e}"))
         continue
@@ -346,6 +350,7 @@ def write_corpus(items: Iterable[Record | Skipped], out_dir: str, *, name: str,
 
     paths = {s: w.close() for s, w in sorted(writers.items())}
     error, error_type = None, ValueError
+    new_names = {}
     if too_many_bad(max(stats.total, progress_total or 0)):
       total = max(stats.total, progress_total or 0)
       first = "; ".join(f"{s['id']}: {s['reason']}" for s in stats.skipped[:5])
@@ -356,6 +361,19 @@ def write_corpus(items: Iterable[Record | Skipped], out_dir: str, *, name: str,
       error_type = TooManyBadItems
     elif not paths:
       error = f"{name}: no records to write ({stats.total} items read)"
+    else:
+      try:
+        new_names = label_classes.new_class_lists(stats.label_kinds, stats.label_values,
+                                                  label_names)
+      except ValueError as e:
+        error = f"{name}: {e}"
+    if new_names and error is None:
+      list_fields = {f for f in new_names if any(k.startswith("list") for k in stats.label_kinds[f])}
+      label_classes.rewrite_shards([p for ps in paths.values() for p in ps], new_names,
+                                   list_fields, f"classes {name}")
+      label_names = {**label_names, **new_names}
+      card = {**card, "label_names": label_names}
+      stats.label_names = label_names
   except BaseException:
     for w in writers.values():
       w.abort()
