@@ -27,6 +27,18 @@ def task(head, label_field, num_classes=0, *, loss=None, weight=1.0, embed_dim=2
       num_classes=num_classes, embed_dim=embed_dim, temperature=temperature))
 
 
+def source(data_dir, *, split='train', weight=1.0, labels=(), pp=''):
+  """One corpus of a multi-corpus input: `config.input.sources.NAME = source(...)`.
+
+  The trainer mixes the sources in proportion to their weights (every batch holds them in those
+  proportions). labels: the label fields this corpus gives the tasks; () = every task field its
+  dataset card lists. A task trains on the examples of the sources that give its field (its loss
+  averages over those alone). pp '' = config.input.pp; every source's pp must give one image shape.
+  """
+  return ml_collections.ConfigDict(dict(data_dir=data_dir, split=split, weight=float(weight),
+                                        labels=tuple(labels), pp=pp))
+
+
 EVAL_KINDS = ('classification', 'retrieval', 'knn', 'linear_probe')
 NONFINITE_POLICIES = ('skip', 'stop')
 HOST_TUNING = ('auto', 'on', 'off')  # bigvis.cpu_tuning.MODES
@@ -37,7 +49,7 @@ def evaluator(kind, *, every_steps, split='', query_split='', index_split='', la
   """An evaluator run during training every `every_steps` steps and at the last step.
 
   kind 'classification': accuracy of every classifier task (and precision@1 of every multilabel
-    task) on `split`.
+    task) on `split`; only that of `task`, if set (a corpus that labels one task's field only).
   kind 'retrieval': the embedding task `task` embeds `query_split` and `index_split`; exact search
     by cosine and by Hamming distance on the sign codes; recall@k for k in `ks` against
     `label_field` (same label = relevant). With one split for both, a query never finds itself.
@@ -87,6 +99,9 @@ def defaults():
       # (checked from min(1000, one epoch) examples on) the run stops, naming them.
       # 0 = the first bad record is an error.
       max_bad_fraction=0.01,
+      # Several corpora at once: name -> source(...). Then data_dir and split must be '' (the
+      # sources name them) and every evaluator names its data_dir.
+      sources=ml_collections.ConfigDict(),
   ))
   c.model = ml_collections.ConfigDict(dict(
       name='vit', variant='B/16', pool_type='tok', posemb='learn', dtype='float32', remat=False,
@@ -170,7 +185,8 @@ def _check_keys(config, schema, where=''):
     if key not in schema:
       raise _unknown(key, list(schema.keys()), where)
     value, default = config[key], schema[key]
-    if isinstance(default, ml_collections.ConfigDict) and key not in ('tasks', 'evals'):
+    if isinstance(default, ml_collections.ConfigDict) and key not in ('tasks', 'evals',
+                                                                        'sources'):
       if not isinstance(value, ml_collections.ConfigDict):
         raise ConfigError(f'Config key {where}{key} must be a dict, got {value!r}')
       _check_keys(value, default, f'{where}{key}.')
@@ -195,6 +211,7 @@ def validate(config):
   for name, e in config.evals.items():
     _check_keys(e, eval_schema, f'evals.{name}.')
     _check_evaluator(name, e, config.tasks)
+  _check_sources(config)
   if config.freeze_trunk_steps < 0:
     raise ConfigError(f'freeze_trunk_steps must be >= 0, got {config.freeze_trunk_steps}')
   for key in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'batch_size',
@@ -219,6 +236,29 @@ def validate(config):
   return config
 
 
+def _check_sources(config):
+  sources = config.input.sources
+  if not sources:
+    if not config.input.data_dir:
+      raise ConfigError('input.data_dir is empty and input.sources names no corpora')
+    return
+  if config.input.data_dir or config.input.split:
+    raise ConfigError(f'input.sources names the corpora ({sorted(sources)}): set input.data_dir '
+                      f"and input.split to '' (now {config.input.data_dir!r}, "
+                      f'{config.input.split!r}) so that no one reads the wrong one')
+  schema = source('x')
+  for name, src in sources.items():
+    _check_keys(src, schema, f'input.sources.{name}.')
+    if not src.data_dir:
+      raise ConfigError(f'input.sources.{name}.data_dir is empty')
+    if not src.weight > 0:
+      raise ConfigError(f'input.sources.{name}.weight must be > 0, got {src.weight}')
+  for name, e in config.evals.items():
+    if not e.data_dir:
+      raise ConfigError(f'evals.{name}.data_dir is empty: with several input.sources, each '
+                        f'evaluator names the corpus it reads')
+
+
 def _check_evaluator(name, e, tasks):
   where = f'evals.{name}'
   if e.kind not in EVAL_KINDS:
@@ -238,6 +278,11 @@ def _check_evaluator(name, e, tasks):
       raise ConfigError(f'{where}.task={e.task!r} is not an embedding task; those are {embedding}')
     if not e.ks or min(e.ks) < 1:
       raise ConfigError(f'{where}.ks={e.ks!r} must be positive integers')
+  if e.kind == 'classification' and e.task and (
+      e.task not in tasks or tasks[e.task].head not in ('classifier', 'multilabel')):
+    heads = sorted(n for n, t in tasks.items() if t.head in ('classifier', 'multilabel'))
+    raise ConfigError(f'{where}.task={e.task!r} is not a classifier or multilabel task; those '
+                      f'are {heads}')
   if e.kind == 'linear_probe' and e.query_split == e.index_split:
     raise ConfigError(f'{where}: a linear probe is scored on other rows than it is fitted on; '
                       f'query_split and index_split are both {e.query_split!r}')

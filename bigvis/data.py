@@ -295,7 +295,8 @@ def make_mixture(sources: list[dict], *, batch_size: int, seed: int, process_ind
       `make_dataset`). Every pp must give images of one shape; a label field that
       several sources declare must have the same spec in each.
     seed: root of each source's shuffle and augmentation seeds (one per source position).
-    Other arguments: as in `make_dataset`.
+    batch_size, process_index, process_count, ...: as in `make_dataset` (global batch j is the
+      same records for any process count).
 
   Batches: see the module docstring ('source', 'label_mask'); a 'bad_index' is a record number
   in the paths of its example's 'source'.
@@ -319,7 +320,7 @@ def make_mixture(sources: list[dict], *, batch_size: int, seed: int, process_ind
     # A seed per source position, so two sources over the same shards differ.
     src_seed = int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
     ds = _examples(src["paths"], pp=src["pp"], labels=src["labels"], seed=src_seed, shuffle=True,
-                   num_epochs=None, process_index=process_index, process_count=process_count,
+                   num_epochs=None, process_index=0, process_count=1,
                    where=f"make_mixture: sources[{n}]: ", bad_records=bad_records)
     parts.append(ds.map(_Tagged(n, fields, set(src["labels"]))))
   # One example per source now, so differing pp output shapes fail here, not in batch().
@@ -328,8 +329,11 @@ def make_mixture(sources: list[dict], *, batch_size: int, seed: int, process_ind
     raise ValueError(f"make_mixture: sources' pp give different image shapes {shapes}")
   # mix() walks a fixed interleaving, so position k always maps to the same example.
   mixed = grain.MapDataset.mix(parts, [float(src["weight"]) for src in sources])
+  # As in make_dataset: every process walks the one mixed stream and takes its batches, so the
+  # global batches are the same for any process count.
   return _batches(mixed, batch_size=batch_size, drop_remainder=True, read_threads=read_threads,
-                  worker_count=worker_count)
+                  worker_count=worker_count, process_index=process_index,
+                  process_count=process_count)
 
 
 def _zeros_like(tree):

@@ -1,7 +1,7 @@
 """Evaluators run during training (big_vision style), built from `config.evals`.
 
 Each entry names a kind (see `bigvis.config.evaluator`): 'classification' (accuracy of each
-classifier head, precision@1 of each multilabel head), 'retrieval' (recall@k of an embedding head,
+classifier head, precision@1 of each multilabel head, or of the one named by `task`), 'retrieval' (recall@k of an embedding head,
 float by cosine and binary by Hamming distance, exact search) or 'knn' (k-NN accuracy on the
 trunk's pooled features) or 'linear_probe' (logistic regression on the frozen pooled features,
 bigvis/probe.py). `Evaluators.run(params, step)` returns {'eval/<name>/<metric>': value}
@@ -10,7 +10,7 @@ for the entries due at `step`.
 import numpy as np
 
 from bigvis import config as config_lib
-from bigvis import inference, probe, records, retrieval
+from bigvis import inference, probe, records, retrieval, train_input
 
 
 def accuracy(logits, labels):
@@ -51,23 +51,50 @@ def knn_accuracy(query_features, query_labels, index_features, index_labels, k, 
 class Evaluators:
   """The config's evaluators over one model; predictions per split are shared within a run."""
 
-  def __init__(self, config, model, mesh, param_shardings, card=None):
+  def __init__(self, config, model, mesh, param_shardings, label_names=None):
+    """label_names: field -> class names the run trained with (bigvis.train_input.label_names)."""
     self.config = config
     self.predictor = inference.Predictor(model, mesh, param_shardings)
-    self.label_names = (card or {}).get('label_names', {})
+    self.label_names = label_names or {}
+    self._cards = {}
+    for name, e in config.evals.items():
+      self._check_classes(name, e)
+
+  def _card_names(self, data_dir):
+    if data_dir not in self._cards:
+      self._cards[data_dir] = (train_input.read_card(data_dir) or {}).get('label_names', {})
+    return self._cards[data_dir]
+
+  def _check_classes(self, name, e):
+    """A classification evaluator scores a head's class ids against the corpus's: the corpus
+    must mean by them what the training corpus did."""
+    if e.kind != 'classification':  # The others compare the corpus's labels with themselves.
+      return
+    data_dir = e.data_dir or self.config.input.data_dir
+    card_names = self._card_names(data_dir)
+    scored = {t.label_field for n, t in self.config.tasks.items()
+              if t.head in ('classifier', 'multilabel') and (not e.task or n == e.task)}
+    for field in sorted(scored & set(card_names) & set(self.label_names)):
+      if card_names[field] != self.label_names[field]:
+        raise config_lib.ConfigError(
+            f'evals.{name}: the card of {data_dir} names other classes for {field!r} '
+            f'({len(card_names[field])}) than the run trains with ({len(self.label_names[field])}); '
+            'prepare it with tools/prepare.py user --label_classes_from, or evaluate another '
+            'field')
 
   def due(self, step):
     return [name for name, e in self.config.evals.items()
             if step % e.every_steps == 0 or step == self.config.total_steps]
 
-  def _label_spec(self, field):
+  def _label_spec(self, field, data_dir):
     for t in self.config.tasks.values():
       if t.label_field == field:
         return config_lib.label_specs(self.config)[field]
-    if field not in self.label_names:
+    names = self._card_names(data_dir)
+    if field not in names:
       raise config_lib.ConfigError(f'evals: no class count for label field {field!r}: no task '
-                                   f'uses it and the dataset card does not name its classes')
-    return ('class', len(self.label_names[field]))
+                                   f'uses it and the card of {data_dir} does not name its classes')
+    return ('class', len(names[field]))
 
   def _predict(self, params, e, split, fields, cache):
     data_dir = e.data_dir or self.config.input.data_dir
@@ -75,7 +102,7 @@ class Evaluators:
     if key not in cache:
       cache[key] = self.predictor.predict_split(
           params, records.shard_paths(data_dir, split), pp=e.pp,
-          labels={f: self._label_spec(f) for f in fields},
+          labels={f: self._label_spec(f, data_dir) for f in fields},
           batch_size=e.batch_size or self.config.batch_size, desc=f'eval {split}')
     return cache[key]
 
@@ -88,7 +115,8 @@ class Evaluators:
     return scalars
 
   def _classification(self, params, e, cache):
-    tasks = {n: t for n, t in self.config.tasks.items() if t.head in ('classifier', 'multilabel')}
+    tasks = {n: t for n, t in self.config.tasks.items() if t.head in ('classifier', 'multilabel')
+             and (not e.task or n == e.task)}
     out = self._predict(params, e, e.split, {t.label_field for t in tasks.values()}, cache)
     metrics = {}
     for name, t in tasks.items():

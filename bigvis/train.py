@@ -20,8 +20,9 @@ import optax
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from bigvis import checkpoint, config as config_lib, corpora, cpu_tuning, data, distributed
+from bigvis import checkpoint, config as config_lib, cpu_tuning, distributed
 from bigvis import evaluators, fileio, heads, losses, metrics, optim, pretrained, records, sharding
+from bigvis import train_input
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/pretrain.py:runlocal')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder: checkpoints/, metrics.jsonl, config.json')
@@ -40,10 +41,20 @@ def make_train_step(model, config, tx, lr_fn):
   accum = config.grad_accum_steps
   base_key = jax.random.key(config.seed)
 
-  def loss_fn(params, batch, rng):
+  def weights_of(batch):  # Per task, [B]: 1 where the example counts (bigvis/losses.py).
+    masks = batch.get('label_mask', {})
+    return {name: losses.example_weights(t, batch['labels'][t.label_field],
+                                         masks.get(t.label_field))
+            for name, t in tasks.items()}
+
+  def loss_fn(params, batch, rng, counts):
+    """Each task's share of its full-batch mean: the sum over these examples / `counts`."""
     outputs, _ = model.apply({'params': params}, batch['image'], train=True,
                              rngs={'dropout': rng})
-    parts = {name: losses.task_loss(t, outputs[name], batch['labels'][t.label_field])
+    weights = weights_of(batch)
+    parts = {name: losses.weighted_sum(
+                 losses.per_example_loss(t, outputs[name], batch['labels'][t.label_field]),
+                 weights[name]) / counts[name]
              for name, t in tasks.items()}
     return sum(t.weight * parts[name] for name, t in tasks.items()), parts
 
@@ -53,8 +64,11 @@ def make_train_step(model, config, tx, lr_fn):
     bad = batch.get('bad')
     batch = {k: v for k, v in batch.items() if k != 'bad'}
     rng = jax.random.fold_in(base_key, state['step'])
+    # Counted over the whole batch, so that accumulated micro-batches add up to the full-batch
+    # mean; a task none of the batch's examples has gets loss 0 and no gradient.
+    counts = {name: jnp.maximum(w.sum(), 1.0) for name, w in weights_of(batch).items()}
     if accum == 1:
-      (loss, parts), grads = grad_fn(state['params'], batch, rng)
+      (loss, parts), grads = grad_fn(state['params'], batch, rng, counts)
     else:
       # Micro-batch i takes rows i::accum, so each device keeps an equal part of every micro-batch.
       micro = jax.tree.map(
@@ -62,13 +76,12 @@ def make_train_step(model, config, tx, lr_fn):
 
       def body(carry, inputs):
         i, mb = inputs
-        out, g = grad_fn(state['params'], mb, jax.random.fold_in(rng, i))
+        out, g = grad_fn(state['params'], mb, jax.random.fold_in(rng, i), counts)
         return jax.tree.map(jnp.add, carry, (out, g)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state['params'],
-                                                          jax.tree.map(lambda x: x[0], micro), rng))
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          grad_fn, state['params'], jax.tree.map(lambda x: x[0], micro), rng, counts))
       ((loss, parts), grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-      (loss, parts), grads = jax.tree.map(lambda x: x / accum, ((loss, parts), grads))
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     if config.freeze_trunk_steps:  # Warm-up of the new heads on a fixed pretrained trunk.
       frozen = state['step'] < config.freeze_trunk_steps
@@ -97,6 +110,16 @@ def make_train_step(model, config, tx, lr_fn):
     return new_state, out
 
   return step_fn
+
+
+def device_batch(batch):
+  """What a step reads of a pipeline batch: images, labels, the label masks of a mixture, and
+  'bad' (1 where a bad record was replaced), for the counter."""
+  out = {'image': batch['image'], 'labels': batch['labels'],
+         'bad': (batch['bad_index'] >= 0).astype(np.int32)}
+  if 'label_mask' in batch:
+    out['label_mask'] = batch['label_mask']
+  return out
 
 
 class _StopOnSigterm:
@@ -133,21 +156,25 @@ class _FaultWatch:
   that this process's batches replaced, re-decoding them to say what is wrong.
   """
 
-  def __init__(self, config, checker, latest_checkpoint):
+  def __init__(self, config, checkers, latest_checkpoint):
     self.policy, self.max_bad = config.nonfinite, config.input.max_bad_fraction
-    self.batch_size, self.checker = config.batch_size, checker
-    self.min_seen = min(MIN_EXAMPLES_FOR_BAD_FRACTION, checker.num_records)
+    self.batch_size, self.checkers = config.batch_size, checkers  # One per input source.
+    self.min_seen = min(MIN_EXAMPLES_FOR_BAD_FRACTION, sum(c.num_records for c in checkers))
     self.latest_checkpoint = latest_checkpoint
     self.first_bad = {}  # Record number -> what is wrong with it.
     self.pending = []  # (step, a few of its metrics, still on the devices) since the last check.
 
-  def after_step(self, step, bad_index, step_metrics):
-    for index in bad_index[bad_index >= 0][:_BAD_RECORDS_NAMED]:  # Host numpy: no device sync.
-      if len(self.first_bad) < _BAD_RECORDS_NAMED and int(index) not in self.first_bad:
-        why = self.checker.problem(int(index)) or (
-            f'{self.checker.where(int(index))}: failed in the input pipeline, but not when '
+  def after_step(self, step, bad_index, source, step_metrics):
+    """source: each example's input source (None: one source)."""
+    source = np.zeros_like(bad_index) if source is None else source
+    bad = bad_index >= 0
+    for index, src in list(zip(bad_index[bad], source[bad]))[:_BAD_RECORDS_NAMED]:  # Host numpy.
+      key, checker = (int(src), int(index)), self.checkers[int(src)]
+      if len(self.first_bad) < _BAD_RECORDS_NAMED and key not in self.first_bad:
+        why = checker.problem(int(index)) or (
+            f'{checker.where(int(index))}: failed in the input pipeline, but not when '
             'checked again (an augmentation-dependent failure?)')
-        self.first_bad[int(index)] = why
+        self.first_bad[key] = why
         logging.warning('step %d: bad record replaced by the next good one: %s', step, why)
     self.pending.append((step, {k: step_metrics[k] for k in (
         'nonfinite', 'loss', 'grad_norm', 'data/bad_examples')}))
@@ -193,28 +220,18 @@ def train(config, workdir):
         f'batch_size={config.batch_size} must divide over {process_count} processes and the '
         f'data*fsdp={mesh.shape["data"] * mesh.shape["fsdp"]} mesh axes')
 
-  # --- Data: each process reads its own shard of the records.
-  paths = records.shard_paths(config.input.data_dir, config.input.split)
-  card = None
-  if fileio.path(fileio.join(config.input.data_dir, corpora.writer.CARD_JSON)).exists():
-    card = corpora.read_card(config.input.data_dir)
-    if card.get('status') != 'ok':  # Its counts and classes describe a run that was discarded.
-      raise config_lib.ConfigError(
-          f'{config.input.data_dir}: the last prepare failed (card status '
-          f'{card.get("status")!r}: {card.get("error", "")}); prepare it again')
-  config_lib.resolve_num_classes(config, card)
-  make_ds = functools.partial(
-      data.make_dataset, paths, pp=config.input.pp, labels=config_lib.label_specs(config),
-      seed=config.seed, shuffle=config.input.shuffle, process_index=process_index,
-      process_count=process_count,
-      bad_records='replace' if config.input.max_bad_fraction > 0 else 'raise')
-  checker = data.RecordChecker(paths, pp=config.input.pp, labels=config_lib.label_specs(config),
-                               seed=config.seed)
+  # --- Data: one corpus or several mixed (bigvis/train_input.py); each process reads its share.
+  sources = train_input.resolve(config)
+  train_input.resolve_num_classes(config, sources)
+  checkers = train_input.checkers(config, sources)
   if process_index == 0:  # The resolved config, class counts included.
     fileio.write_text_atomic(fileio.join(workdir, 'config.json'), config.to_json(indent=2))
-  example = next(iter(make_ds(batch_size=1, worker_count=0)))  # Input shapes for init.
-  train_iter = iter(make_ds(batch_size=config.batch_size // process_count,
-                            worker_count=config.input.worker_count))
+  make_iter = functools.partial(train_input.make_train_iter, config, sources)
+  example = next(iter(make_iter(batch_size=1, worker_count=0, process_index=0,
+                                process_count=1)))  # Input shapes for init.
+  train_iter = iter(make_iter(batch_size=config.batch_size // process_count,
+                              worker_count=config.input.worker_count,
+                              process_index=process_index, process_count=process_count))
 
   # --- Model, optimizer, and the train state created already sharded.
   model = heads.build_model(config)
@@ -262,7 +279,8 @@ def train(config, workdir):
                                                jnp.asarray(example['image']))
 
   # --- Evaluators, on the same mesh and param layout.
-  evals = evaluators.Evaluators(config, model, mesh, state_shardings['params'], card)
+  evals = evaluators.Evaluators(config, model, mesh, state_shardings['params'],
+                                train_input.label_names(sources))
 
   # --- Loop.
   writer = metrics.MetricsWriter(workdir, enabled=process_index == 0, resume_step=start)
@@ -270,17 +288,16 @@ def train(config, workdir):
   bar = tqdm(total=config.total_steps, initial=start, disable=process_index != 0,
              dynamic_ncols=True, desc='train')
   timer_start, timed_steps = None, 0
-  watch = _FaultWatch(config, checker, ckpt.latest_step)
+  watch = _FaultWatch(config, checkers, ckpt.latest_step)
   step = start
   try:
     while step < config.total_steps:
       batch = next(train_iter)
-      bad_index = batch['bad_index']
-      batch = {'image': batch['image'], 'labels': batch['labels'],
-               'bad': (bad_index >= 0).astype(np.int32)}
-      state, step_metrics = step_fn(state, sharding.local_batch_to_global(batch, batch_sharding))
+      bad_index, source = batch['bad_index'], batch.get('source')
+      state, step_metrics = step_fn(
+          state, sharding.local_batch_to_global(device_batch(batch), batch_sharding))
       step += 1
-      watch.after_step(step, bad_index, step_metrics)
+      watch.after_step(step, bad_index, source, step_metrics)
       bar.update(1)
       if timer_start is None:  # The first step compiles: time from its end.
         jax.block_until_ready(step_metrics)

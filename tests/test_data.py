@@ -348,6 +348,16 @@ def test_mixture_determinism_and_resume(paths, other_paths):
         fresh.close()
 
 
+def test_mixture_global_batches_do_not_depend_on_process_count(paths, other_paths):
+  whole = _take(iter(_mixture(paths, other_paths, batch_size=8)), 3)
+  halves = [_take(iter(_mixture(paths, other_paths, batch_size=4, process_index=p,
+                                process_count=2)), 3) for p in range(2)]
+  for j in range(3):  # Global batch j = the processes' j-th batches side by side.
+    for key in ("index", "source", "image"):
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][j][key], halves[1][j][key]]), whole[j][key])
+
+
 def test_mixture_bad_sources(paths, other_paths):
   good = _sources(paths, other_paths)
   with pytest.raises(ValueError, match=r"sources\[1\]: want keys"):

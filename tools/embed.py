@@ -72,6 +72,9 @@ def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_s
     raise ValueError(f'--features {features!r}: choose from {FEATURES}')
   config = load_run(workdir)
   corpus = corpus or config.input.data_dir
+  if not corpus:
+    raise ValueError(f'the run trained on several corpora ({sorted(config.input.sources)}); '
+                     'pass --corpus')
   embedding_tasks = [n for n, t in config.tasks.items() if t.head == 'embedding']
   if features == 'auto':
     features = 'embedding' if task or embedding_tasks else 'pooled'
