@@ -33,10 +33,13 @@ BENCHMARKS = {
     'input_pipeline': ('input_pipeline.py', []),
     'label_mining': ('label_mining.py', []),
     'retrieval': ('retrieval.py', []),
+    'sharded_index': ('sharded_index.py', []),
     'train_step': ('train_step.py', []),
 }
 QUICK_ARGS = {'label_mining': ['--records', '100000', '--beam_records', '5000',
-                               '--out', os.path.join(RESULTS, 'label_mining_quick')]}
+                               '--out', os.path.join(RESULTS, 'label_mining_quick')],
+              'sharded_index': ['--points', '100000',
+                                '--out', os.path.join(RESULTS, 'sharded_index_quick')]}
 
 
 def run_one(name, quick):

@@ -290,19 +290,6 @@ def _check_evaluator(name, e, tasks):
     raise ConfigError(f'{where}.k must be positive, got {e.k}')
 
 
-def resolve_num_classes(config, card):
-  """Fills each task's num_classes=0 from the dataset card's label_names (in place)."""
-  names = (card or {}).get('label_names', {})
-  for name, t in config.tasks.items():
-    if t.num_classes == 0:
-      if t.label_field not in names:
-        raise ConfigError(f'tasks.{name}.num_classes is 0 (from the dataset card), but the card '
-                          f'of {config.input.data_dir!r} names no classes for {t.label_field!r}; '
-                          f'it has {sorted(names)}')
-      t.num_classes = len(names[t.label_field])
-  return config
-
-
 def label_specs(config):
   """Record label field -> (target kind, num_classes) for the input pipeline."""
   kinds = {'multilabel': 'multi_hot', 'embedding': 'class', 'classifier': 'class'}

@@ -38,17 +38,23 @@ class Predictor:
                             in_shardings=(param_shardings, self.batch_sharding),
                             out_shardings=self.batch_sharding)
 
-  def iter_batches(self, params, paths, *, pp, labels, batch_size, desc=None, worker_count=0):
+  def iter_batches(self, params, paths, *, pp, labels, batch_size, desc=None, worker_count=0,
+                   part=None):
     """Yields the outputs batch by batch as host numpy arrays, padding dropped: the module
     docstring's keys. One process yields rows in record order; with several, each batch holds
     every process's rows (gathered) and the order follows the processes' slices.
 
     labels: field -> ('class' | 'multi_hot', num_classes), the ground truth to return beside.
     batch_size: global; must divide over processes and the mesh's batch axes.
+    part: (i, n) runs this process alone (its mesh must hold only local devices) over the
+      records i, i + n, ... of the split: one shard of an embeddings set (bigvis/embedding_sets.py).
     """
     count, index = jax.process_count(), jax.process_index()
+    slice_index, slice_count = index, count
+    if part is not None:
+      count, index, (slice_index, slice_count) = 1, 0, part
     ds = data.make_eval_dataset(paths, pp=pp, labels=labels, batch_size=batch_size // count,
-                                process_index=index, process_count=count,
+                                process_index=slice_index, process_count=slice_count,
                                 with_ids=count == 1, worker_count=worker_count)
     seen = False
     for batch in tqdm(ds, desc=desc, disable=index != 0 or desc is None, leave=False):

@@ -486,7 +486,11 @@ def save_index(searcher, directory: str, meta: dict) -> None:
 
 
 def load_index(directory: str):
-  """(searcher, meta) from a folder `save_index` wrote; ValueError naming it if damaged."""
+  """(searcher, meta) from a folder `save_index` wrote; ValueError naming it if damaged. A
+  sharded index folder (bigvis/sharded_index.py) loads as one searcher over all its shards."""
+  from bigvis import sharded_index  # It loads its shards with this function.
+  if sharded_index.is_sharded(directory):
+    return sharded_index.load(directory)
   if fileio.is_remote(directory):  # ScaNN reads local files: a fresh copy, checked as any other.
     if not fileio.path(directory).is_dir():
       raise FileNotFoundError(
@@ -612,7 +616,11 @@ def load_embeddings(path: str) -> dict:
   """The arrays of an embeddings .npz (see the module docstring), 'meta' parsed to a dict.
 
   Raises ValueError naming the file and the field when anything is missing or malformed.
+  An embeddings set folder (bigvis/embedding_sets.py) loads as one file: its shards in order.
   """
+  from bigvis import embedding_sets  # It reads its shards with this function.
+  if fileio.path(path).is_dir():
+    return embedding_sets.load_set(path)
   try:
     z = np.load(fileio.local_copy(path) if fileio.is_remote(path) else path, allow_pickle=False)
     if not isinstance(z, np.lib.npyio.NpzFile):

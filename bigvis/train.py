@@ -161,7 +161,7 @@ class _FaultWatch:
     self.batch_size, self.checkers = config.batch_size, checkers  # One per input source.
     self.min_seen = min(MIN_EXAMPLES_FOR_BAD_FRACTION, sum(c.num_records for c in checkers))
     self.latest_checkpoint = latest_checkpoint
-    self.first_bad = {}  # Record number -> what is wrong with it.
+    self.first_bad = {}  # (source, record number) -> what is wrong with it.
     self.pending = []  # (step, a few of its metrics, still on the devices) since the last check.
 
   def after_step(self, step, bad_index, source, step_metrics):

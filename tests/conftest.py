@@ -18,3 +18,15 @@ from tests import helpers  # noqa: E402
 def shapes_dir(tmp_path_factory):
   """A small synthetic corpus of real PNG records in ArrayRecord shards."""
   return helpers.make_corpus(tmp_path_factory.mktemp('shapes'))
+
+
+@pytest.fixture(scope='session')
+def embedding_run(tmp_path_factory):
+  """(corpus, workdir): 48 records of 40 px (so the 32 px eval pp really resizes) and a 2-step run
+  of the tiny three-task config (an `identity` embedding head), for the embed/export tools."""
+  from bigvis import synthetic, train
+  corpus = str(tmp_path_factory.mktemp('shapes40'))
+  synthetic.make_shapes_corpus(corpus, num_records=48, image_size=40, num_shards=2, seed=0)
+  workdir = str(tmp_path_factory.mktemp('embedding_run'))
+  train.train(helpers.tiny_config(corpus, total_steps=2, checkpoint_every_steps=2), workdir)
+  return corpus, workdir

@@ -227,11 +227,11 @@ def test_local_and_beam_runners_write_identical_artifacts(corpus, tmp_path, monk
   assert labelled >= 15  # Shapes titles always yield vocabulary labels: mining must find them.
 
   from bigvis import config as config_lib
-  from bigvis import data
+  from bigvis import data, train_input
   c = config_lib.defaults()
   c.input.data_dir = a
   c.tasks.mined = config_lib.task("multilabel", "mined_clusters")
-  config_lib.resolve_num_classes(c, card)
+  train_input.resolve_num_classes(c, train_input.resolve(c))
   assert c.tasks.mined.num_classes == 5
   ds = data.make_dataset(records.shard_paths(a, "train"), pp="decode|value_range(-1,1)",
                          labels=config_lib.label_specs(c), batch_size=4, seed=0, num_epochs=1)

@@ -12,6 +12,12 @@ default from the data size (bigvis/retrieval.py: default_scann_params); --param 
 anisotropic_quantization_threshold, reorder). The folder holds ScaNN's files and meta.json
 (params, metric, sizes, build time, database ids, file checksums); tools/eval_retrieval.py
 --index / --binary_index reads it.
+
+An embeddings set (tools/embed.py --num_shards) with --sharded gets one index per shard, built in
+--workers processes (bigvis/sharded_index.py) and searched as one, the shards' top k merged
+exactly; shards already built from the same embeddings are skipped:
+  python tools/build_index.py --embeddings runs/finetune/db_set --sharded --workers 4 \\
+      --out runs/finetune/index_set
 """
 
 import argparse
@@ -20,7 +26,7 @@ import sys
 import time
 
 
-from bigvis import fileio, retrieval
+from bigvis import embedding_sets, fileio, retrieval, sharded_index
 
 
 def main(argv=None):
@@ -31,7 +37,23 @@ def main(argv=None):
   p.add_argument("--k", type=int, default=10, help="neighbours a search returns by default")
   p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                  help="override a ScaNN param (repeatable)")
+  p.add_argument("--sharded", action="store_true",
+                 help="one index per shard of an embeddings set (--embeddings a set folder)")
+  p.add_argument("--workers", type=int, default=1, help="processes building shard indexes")
   a = p.parse_args(argv)
+  if a.sharded:
+    try:
+      if not embedding_sets.is_set(a.embeddings):
+        raise ValueError(f"--sharded: {a.embeddings} is not an embeddings set folder "
+                         "(tools/embed.py --num_shards)")
+      meta = sharded_index.build(a.embeddings, a.out, k=a.k, binary=a.binary,
+                                 params=retrieval.parse_scann_params(a.param), workers=a.workers)
+    except (OSError, ValueError) as e:
+      sys.exit(f"build_index.py: error: {e}")
+    summary = {key: meta[key] for key in ("metric", "num_points", "dim", "build_seconds",
+                                          "wall_seconds", "workers")}
+    print(json.dumps({"out": a.out, "shards": len(meta["shards"]), **summary}, indent=1))
+    return
 
   try:
     emb = retrieval.load_embeddings(a.embeddings)

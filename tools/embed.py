@@ -11,6 +11,14 @@ The run's config.json gives the model; its latest checkpoint (or --step) the par
 sharded over every local device (set XLA_FLAGS=--xla_force_host_platform_device_count=N on a CPU)
 and batched, with a progress bar. Output keys: see bigvis/retrieval.py (load_embeddings).
 Then: tools/build_index.py and tools/eval_retrieval.py.
+
+Past one machine, an embeddings set (bigvis/embedding_sets.py): --num_shards N makes --out a
+folder of N shard files and a manifest; start the same command on P processes with
+--process_index p --process_count P (or under jax.distributed, as the trainer is launched) and
+each writes the shards i % P == p. Killed, the same command resumes: finished shards are kept.
+  python tools/embed.py --workdir runs/finetune --split test_index --out runs/finetune/db_set \
+      --num_shards 8 --process_index 0 --process_count 2
+The tools that read embeddings files read a set folder the same way.
 """
 import argparse
 import json
@@ -20,28 +28,12 @@ import time
 
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bigvis import config as config_lib, corpora, data, fileio, heads, inference
-from bigvis import pretrained, records, retrieval, sharding
-
-
-def load_run(workdir):
-  path = fileio.join(workdir, 'config.json')
-  if not fileio.path(path).exists():
-    raise FileNotFoundError(f'{path}: not found; --workdir must be a bigvis training run')
-  return ml_collections.ConfigDict(json.loads(fileio.read_text(path)))
-
-
-def default_pp(config):
-  """The run's evaluation preprocessing (from its evaluators), else one derived from training's."""
-  for e in config.get('evals', {}).values():
-    if e.pp:
-      return e.pp
-  raise ValueError('the run has no evaluator with a pp to copy; pass --pp, e.g. '
-                   "'decode|resize(224)|value_range(-1,1)'")
+from bigvis import config as config_lib, corpora, data, distributed, embedding_sets, fileio, heads
+from bigvis import inference
+from bigvis import records, retrieval, runs, sharding
 
 
 def class_fields(corpus, config):
@@ -56,85 +48,86 @@ def class_fields(corpus, config):
           if kinds.get(f, {}).get('kind') == 'int'}
 
 
-FEATURES = ('auto', 'embedding', 'pooled')
-
-
 def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_size=256,
-          features='auto'):
+          features='auto', num_shards=0, process_index=None, process_count=None):
   """Embeds `split` into `out` batch by batch (memory does not grow with the split); returns
   (rows, meta).
 
   features 'embedding': the output of the embedding head `task`; 'pooled': the trunk's pooled
   features, L2-normalized (any run, a pretrained-only one too: for k-NN, retrieval and linear
   probes of the representation); 'auto': the embedding head if the run has one, else pooled.
+  num_shards > 0: `out` is an embeddings set folder of that many shards (bigvis/embedding_sets.py)
+  and this process writes its share (process_index of process_count; default: this JAX
+  process's) on its local devices; rows is then the set's total once it is complete, else None.
   """
-  if features not in FEATURES:
-    raise ValueError(f'--features {features!r}: choose from {FEATURES}')
-  config = load_run(workdir)
+  config = runs.load_run(workdir)
   corpus = corpus or config.input.data_dir
   if not corpus:
     raise ValueError(f'the run trained on several corpora ({sorted(config.input.sources)}); '
                      'pass --corpus')
-  embedding_tasks = [n for n, t in config.tasks.items() if t.head == 'embedding']
-  if features == 'auto':
-    features = 'embedding' if task or embedding_tasks else 'pooled'
-  if features == 'embedding':
-    task = task or (embedding_tasks[0] if len(embedding_tasks) == 1 else None)
-    if task not in embedding_tasks:
-      raise ValueError(f'--task {task!r}: the run\'s embedding tasks are {embedding_tasks} '
-                       '(--features pooled embeds any run with its trunk\'s pooled features)')
-  elif task:
-    raise ValueError(f'--task {task!r} names an embedding head; --features pooled uses none')
-  pp = pp or default_pp(config)
+  features, task = runs.resolve_features(config, features, task)
+  pp = pp or runs.default_pp(config)
   paths = records.shard_paths(corpus, split)
   labels = class_fields(corpus, config)
 
+  # A set's shards are embedded by each process alone, on its own devices.
+  devices = jax.local_devices() if num_shards else None
   mesh = sharding.make_mesh(ml_collections.ConfigDict(
-      dict(data=-1, fsdp=config.mesh.fsdp, model=config.mesh.model)))
+      dict(data=-1, fsdp=config.mesh.fsdp, model=config.mesh.model)), devices)
   model = heads.build_model(config)
   example = next(iter(data.make_eval_dataset(paths, pp=pp, labels={}, batch_size=1)))
-  fresh = jax.jit(model.init, static_argnames='train')(
-      jax.random.key(0), jnp.asarray(example['image']), train=False)['params']
-  checkpoint = fileio.join(workdir, 'checkpoints', str(step)) if step is not None else workdir
-  params = pretrained.load(jax.device_get(fresh), checkpoint, skip=r'^$')
+  params = runs.restore_params(model, workdir, example['image'], step)
+  checkpoint = runs.checkpoint_path(workdir, step)
   shardings = sharding.tree_shardings(params, mesh, config.sharding)
   params = jax.device_put(params, shardings)
   classifiers = [name for name, t in config.tasks.items() if t.head == 'classifier']
+  predictor = inference.Predictor(model, mesh, shardings)
+  meta = {'corpus': fileio.absolute(corpus), 'split': split,
+          'checkpoint': fileio.absolute(checkpoint), 'step': int(runs.restored_step(workdir, step)),
+          'task': task, 'features': features, 'pp': pp}
 
-  writer = retrieval.EmbeddingsWriter(out)
-  rows, start = 0, time.perf_counter()
-  try:
-    for batch in inference.Predictor(model, mesh, shardings).iter_batches(
-        params, paths, pp=pp, labels=labels, batch_size=batch_size, desc=f'embed {split}'):
-      if features == 'embedding':
-        embedding = batch[f'embedding/{task}'].astype(np.float32)
-      else:
-        pooled = batch['pooled'].astype(np.float32)
-        embedding = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-      arrays = {'id': batch['id'], 'index': batch['index'].astype(np.int64),
-                'embedding': embedding, 'codes': retrieval.binary_codes(embedding),
-                'pooled': batch['pooled'].astype(np.float32)}
-      arrays.update({k: v.astype(np.int32) for k, v in batch.items() if k.startswith('label/')})
-      arrays.update({f'pred/{name}': batch[f'logits/{name}'].argmax(-1).astype(np.int32)
-                     for name in classifiers})
-      writer.append(arrays)
-      rows += len(embedding)
-    meta = {'corpus': fileio.absolute(corpus), 'split': split,
-            'checkpoint': fileio.absolute(checkpoint), 'step': int(_restored_step(workdir, step)),
-            'task': task or '', 'features': features, 'pp': pp, 'images_per_second': rows / (time.perf_counter() - start)}
-    writer.close(meta)
-  except BaseException:
-    writer.abort()  # A failed or interrupted run publishes nothing.
-    raise
-  return rows, meta
+  def write(path, part=None, desc=f'embed {split}'):
+    writer = retrieval.EmbeddingsWriter(path)
+    rows, start = 0, time.perf_counter()
+    try:
+      for batch in predictor.iter_batches(params, paths, pp=pp, labels=labels,
+                                          batch_size=batch_size, desc=desc, part=part):
+        writer.append(_arrays(batch, features, task, classifiers))
+        rows += len(batch['index'])
+      writer.close({**meta, 'images_per_second': rows / (time.perf_counter() - start),
+                    **({'part': list(part)} if part else {})})
+    except BaseException:
+      writer.abort()  # A failed or interrupted run publishes nothing.
+      raise
+    return rows
+
+  if not num_shards:
+    rows = write(out)
+    return rows, {**meta, 'rows': rows}
+  if process_index is None:
+    process_index, process_count = distributed.initialize()
+  manifest = embedding_sets.write_set(
+      out, num_shards, lambda i, path: write(path, (i, num_shards), f'embed {split} shard {i}'),
+      {**meta, 'num_shards': num_shards, 'batch_size': batch_size},
+      process_index=process_index, process_count=process_count, meta=meta)
+  return (manifest['rows'] if manifest else None), {**meta, 'num_shards': num_shards,
+                                                    'complete': manifest is not None}
 
 
-def _restored_step(workdir, step):
-  if step is not None:
-    return step
-  steps = [int(d.name) for d in (fileio.path(workdir) / 'checkpoints').iterdir()
-           if d.name.isdigit()]
-  return max(steps)
+def _arrays(batch, features, task, classifiers):
+  """The embeddings-file fields of one predicted batch."""
+  if features == 'embedding':
+    embedding = batch[f'embedding/{task}'].astype(np.float32)
+  else:
+    pooled = batch['pooled'].astype(np.float32)
+    embedding = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+  arrays = {'id': batch['id'], 'index': batch['index'].astype(np.int64),
+            'embedding': embedding, 'codes': retrieval.binary_codes(embedding),
+            'pooled': batch['pooled'].astype(np.float32)}
+  arrays.update({k: v.astype(np.int32) for k, v in batch.items() if k.startswith('label/')})
+  arrays.update({f'pred/{name}': batch[f'logits/{name}'].argmax(-1).astype(np.int32)
+                 for name in classifiers})
+  return arrays
 
 
 def main(argv=None):
@@ -145,17 +138,26 @@ def main(argv=None):
   p.add_argument('--corpus', default='', help="corpus folder (default: the run's input.data_dir)")
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
   p.add_argument('--task', default=None, help='embedding task (default: the only one)')
-  p.add_argument('--features', choices=FEATURES, default='auto',
+  p.add_argument('--features', choices=runs.FEATURES, default='auto',
                  help="'embedding' (a head), 'pooled' (the trunk's features, L2-normalized: any "
                       "run), 'auto' (the head if the run has one)")
   p.add_argument('--pp', default=None, help="preprocessing (default: the run's eval pp)")
   p.add_argument('--batch_size', type=int, default=256)
+  p.add_argument('--num_shards', type=int, default=0,
+                 help='> 0: --out is an embeddings set folder of this many shards, resumable, '
+                      'written by every process started alike (--process_index/--process_count, '
+                      'or jax.distributed as the trainer starts it)')
+  p.add_argument('--process_index', type=int, default=None)
+  p.add_argument('--process_count', type=int, default=None)
   a = p.parse_args(argv)
   try:
+    if (a.process_index is None) != (a.process_count is None):
+      raise ValueError('give both --process_index and --process_count, or neither')
     if not fileio.is_remote(a.out):
       os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     rows, meta = embed(a.workdir, a.corpus, a.split, a.out, step=a.step, task=a.task, pp=a.pp,
-                       batch_size=a.batch_size, features=a.features)
+                       batch_size=a.batch_size, features=a.features, num_shards=a.num_shards,
+                       process_index=a.process_index, process_count=a.process_count)
   except (OSError, ValueError, config_lib.ConfigError, records.RecordError) as e:
     sys.exit(f'embed.py: error: {e}')
   print(json.dumps({'out': a.out, 'records': rows, **meta}, indent=1))

@@ -42,8 +42,8 @@ def score(train, test, label, *, features='pooled', ks=(1, 10), seed=0):
 def markdown(report):
   lp = report['linear_probe']
   rows = [f'| {k}-NN accuracy | {v:.4f} |' for k, v in report['knn_accuracy'].items()]
-  rows.append(f'| linear probe accuracy (C={lp["c"]:g}, chosen on a {lp["train_rows"]}-row '
-              f'training split slice) | {lp["accuracy"]:.4f} |')
+  rows.append(f'| linear probe accuracy (C={lp["c"]:g}, chosen on a slice of the {lp["train_rows"]} '
+              f'training rows) | {lp["accuracy"]:.4f} |')
   return '\n'.join([f'# Frozen {report["features"]} features, label `{report["label"]}`', '',
                     f'train {report["train_file"]} ({lp["train_rows"]} rows), test '
                     f'{report["test_file"]} ({lp["test_rows"]} rows), {lp["classes"]} classes.',
