@@ -4,7 +4,7 @@ peak RSS of the build, queries/s and recall@10 against exact search.
     .venv/bin/python bench/sharded_index.py                       # 1M and 4M x 64-d: ~25 min
     .venv/bin/python bench/sharded_index.py --points 200000 --shards 4 --out /tmp/quick
 
-Data: 64-d clustered synthetic vectors (bench/retrieval.py's mixture: 1000 centres, spread 0.6),
+Data: 64-d clustered synthetic vectors (bench/retrieval.py's mixture: 1000 centres, spread 0.15),
 written as an embeddings set of `--shards` shards (bigvis/embedding_sets.py); 1000 queries from
 the same mixture. Each build runs in a fresh child process so that its peak RSS (ru_maxrss, of
 the child and of its own workers) is its own: the single index loads the whole set, the sharded
@@ -109,7 +109,7 @@ def main(argv=None):
   faiss.omp_set_num_threads(a.threads)
   results = []
   for n in [int(x) for x in a.points.split(',')]:
-    db, q, info = retrieval_bench.synthetic(n, 64, 1000, 0.6, a.queries, a.seed)
+    db, q, info = retrieval_bench.synthetic(n, 64, 1000, 0.15, a.queries, a.seed)
     scratch = tempfile.mkdtemp(prefix='sharded-bench-', dir=a.tmp)
     try:
       set_dir = os.path.join(scratch, 'set')
