@@ -146,3 +146,83 @@ def test_from_a_bigvis_training_checkpoint(shapes_dir, tmp_path):
   assert 'embedding/kernel' in names and 'head_labels/Dense_0/kernel' in names
   assert not any(n.startswith('trunk/') for n in names)
   _assert_equal(pretrained.load(fresh, tmp_path / 'export.npz', skip='^$'), trained)
+
+
+# --- The .npz layouts, pinned: written out here from big_vision's models/vit.py and the original
+# vision_transformer repo's models.py (ViT-Ti/16, 224 px, 1000 classes), never derived from
+# bigvis/pretrained.py, so a rename there cannot pass by renaming both sides.
+
+D, HEADS, MLP, DEPTH = 192, 3, 768, 12
+
+
+def _block_names(i, ln=('LayerNorm_0', 'LayerNorm_1'), attn='MultiHeadDotProductAttention_0',
+                 mlp='MlpBlock_0'):
+  b = f'Transformer/encoderblock_{i}'
+  out = {f'{b}/{n}/{p}': (D,) for n in ln for p in ('scale', 'bias')}
+  for qkv in ('query', 'key', 'value'):
+    out[f'{b}/{attn}/{qkv}/kernel'] = (D, HEADS, D // HEADS)
+    out[f'{b}/{attn}/{qkv}/bias'] = (HEADS, D // HEADS)
+  out[f'{b}/{attn}/out/kernel'] = (HEADS, D // HEADS, D)
+  out[f'{b}/{attn}/out/bias'] = (D,)
+  out.update({f'{b}/{mlp}/Dense_0/kernel': (D, MLP), f'{b}/{mlp}/Dense_0/bias': (MLP,),
+              f'{b}/{mlp}/Dense_1/kernel': (MLP, D), f'{b}/{mlp}/Dense_1/bias': (D,)})
+  return out
+
+
+BIG_VISION_VIT_TI16 = {
+    'cls': (1, 1, D), 'embedding/kernel': (16, 16, 3, D), 'embedding/bias': (D,),
+    'pos_embedding': (1, 196, D),  # no row for the class token
+    'Transformer/encoder_norm/scale': (D,), 'Transformer/encoder_norm/bias': (D,),
+    'head/kernel': (D, 1000), 'head/bias': (1000,),
+    **{k: v for i in range(DEPTH) for k, v in _block_names(i).items()}}
+
+# vision_transformer (pre-linen names: one counter over a block's submodules; the posemb in its
+# own module, with a row for the class token).
+VISION_TRANSFORMER_VIT_TI16 = {
+    'cls': (1, 1, D), 'embedding/kernel': (16, 16, 3, D), 'embedding/bias': (D,),
+    'Transformer/posembed_input/pos_embedding': (1, 197, D),
+    'Transformer/encoder_norm/scale': (D,), 'Transformer/encoder_norm/bias': (D,),
+    'head/kernel': (D, 1000), 'head/bias': (1000,),
+    **{k: v for i in range(DEPTH) for k, v in _block_names(
+        i, ln=('LayerNorm_0', 'LayerNorm_2'), attn='MultiHeadDotProductAttention_1',
+        mlp='MlpBlock_3').items()}}
+
+
+def _vit_ti16_224():
+  c = helpers.tiny_config('')
+  c.model.variant, c.model.pool_type = 'Ti/16', 'tok'
+  return c
+
+
+def test_save_npz_writes_the_big_vision_layout(tmp_path):
+  trunk = models.build_trunk(_vit_ti16_224().model, num_classes=1000)
+  params = _init(trunk, seed=0, size=224)
+  pretrained.save_npz(tmp_path / 'ti16.npz', params)
+  with np.load(tmp_path / 'ti16.npz') as z:
+    written = {k: z[k].shape for k in z.files}
+  assert written == BIG_VISION_VIT_TI16
+  # timm's count for vit_tiny_patch16_224 is 5,717,416: 192 more, its class-token posemb row.
+  assert sum(int(np.prod(s)) for s in written.values()) == 5_717_416 - 192
+
+
+def test_the_vision_transformer_layout_loads_name_by_name(tmp_path):
+  rng = np.random.default_rng(0)
+  old = {k: rng.normal(size=s).astype(np.float32) for k, s in VISION_TRANSFORMER_VIT_TI16.items()}
+  np.savez(tmp_path / 'old.npz', **old)
+  c = _vit_ti16_224()
+  fresh = jax.eval_shape(heads.build_model(c).init, jax.random.key(0),
+                         jnp.zeros((1, 224, 224, 3)))['params']
+  fresh = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), fresh)
+  loaded = _flat(pretrained.load(fresh, tmp_path / 'old.npz'))
+  renames = {'LayerNorm_2': 'LayerNorm_1', 'MultiHeadDotProductAttention_1':
+             'MultiHeadDotProductAttention_0', 'MlpBlock_3': 'MlpBlock_0'}
+  posemb = old['Transformer/posembed_input/pos_embedding']
+  for name, value in old.items():
+    if name.startswith('head/') or name == 'Transformer/posembed_input/pos_embedding':
+      continue
+    new = name
+    for a, b in renames.items():
+      new = new.replace(f'/{a}/', f'/{b}/')
+    want = value + posemb[:, :1] if name == 'cls' else value  # the class token's posemb row
+    np.testing.assert_array_equal(loaded[f'trunk/{new}'], want, err_msg=name)
+  np.testing.assert_array_equal(loaded['trunk/pos_embedding'], posemb[:, 1:])
