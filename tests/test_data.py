@@ -157,7 +157,7 @@ def test_exact_resume_in_process(paths):
 
 
 def test_exact_resume_with_workers_through_orbax(paths, tmp_path):
-  ocp = pytest.importorskip("orbax.checkpoint")
+  import orbax.checkpoint as ocp  # A hard dependency: a missing one must fail, not skip.
   expected = _take(iter(_dataset(paths)), 7)  # in process: batches must not depend on workers
   it = iter(_dataset(paths, worker_count=2))
   try:

@@ -121,6 +121,11 @@ def test_embed_tool_writes_every_record_with_its_id(shapes_dir, pretrained_run, 
   np.testing.assert_array_equal(arrays['codes'], np.packbits(arrays['embedding'] > 0, axis=-1))
   assert set(arrays) >= {'pred/shape', 'label/shape', 'label/identity', 'pooled'}
   assert meta['step'] == 4 and meta['split'] == 'train' and meta['task'] == 'identity'
+  # The predictions are the saved model's own: its shape head on the saved pooled features.
+  head = _params(pretrained_run, 4)['head_shape']['Dense_0']
+  logits = arrays['pooled'].astype(np.float64) @ np.asarray(head['kernel']) + np.asarray(head['bias'])
+  assert len(set(logits.argmax(-1))) > 1  # A head that has learned something, not a constant.
+  np.testing.assert_array_equal(arrays['pred/shape'], logits.argmax(-1))
   # The same checkpoint embeds the same way again, and the predictions are the model's.
   again = str(tmp_path / 'again.npz')
   embed.main(['--workdir', pretrained_run, '--split', 'train', '--out', again, '--pp', PP,

@@ -408,3 +408,30 @@ def test_tools_fail_with_a_message(split_files):
   with pytest.raises(SystemExit, match="unknown ScaNN param"):
     _tool("build_index").main(["--embeddings", files["index"], "--out", str(root / "x"),
                                "--param", "leaves=3"])
+
+
+def test_an_index_that_does_not_fit_the_search_is_refused(split_files, tmp_path):
+  root, files = split_files
+  build, evaluate = _tool("build_index"), _tool("eval_retrieval")
+  # Built on the query split: other data than --database.
+  build.main(["--embeddings", files["query"], "--out", str(tmp_path / "other")])
+  with pytest.raises(SystemExit, match="built on other data \\(20 points, dim 24\\) than this "
+                                       "database \\(60 points"):
+    evaluate.main(["--queries", files["query"], "--database", files["index"], "--label", "shape",
+                   "--out", str(tmp_path / "e"), "--index", str(tmp_path / "other")])
+  # Re-orders fewer candidates than the k asked for (built for k=3, searched for 5; the build
+  # itself refuses reorder < its own k).
+  with pytest.raises(SystemExit, match="reorder=3 is below k=5"):
+    build.main(["--embeddings", files["index"], "--out", str(tmp_path / "few"), "--k", "5",
+                "--param", "algorithm=tree_ah", "--param", "reorder=3"])
+  build.main(["--embeddings", files["index"], "--out", str(tmp_path / "few"), "--k", "3",
+              "--param", "algorithm=tree_ah", "--param", "num_leaves=4", "--param", "reorder=3"])
+  with pytest.raises(SystemExit, match="re-orders 3 candidates, fewer than k=5"):
+    evaluate.main(["--queries", files["query"], "--database", files["index"], "--label", "shape",
+                   "--ks", "1,5", "--out", str(tmp_path / "e"), "--index", str(tmp_path / "few")])
+  # A folder with ScaNN's pickled doc ids (ours never has one) is not unpickled.
+  import pickle
+  with open(tmp_path / "few" / "scann_docids.pkl", "wb") as f:
+    pickle.dump(["x"], f)
+  with pytest.raises(ValueError, match="holds scann_docids.pkl, a pickle; refusing to load it"):
+    retrieval.load_index(str(tmp_path / "few"))

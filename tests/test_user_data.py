@@ -221,7 +221,8 @@ def test_read_webdataset(shard, tmp_path):
 # --- parquet --------------------------------------------------------------------------------------
 
 def test_read_parquet_streams_and_skips_bad_rows(tmp_path):
-  pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+  import pyarrow as pa  # A hard dependency (requirements.txt): a missing one must fail, not skip.
+  import pyarrow.parquet as pq
   rows = [("k0", PNG, "zero", 0), ("k1", b"\x89PNG broken", "one", 1), ("k2", None, "two", 2),
           ("k3", JPEG, None, 3), ("k4", BAD["bomb"][0], "four", 4), ("k5", PNG[::-1], "five", 5),
           ("k6", _img("PNG", seed=6), "caf\u00e9", 6)]
