@@ -6,8 +6,9 @@ peak RSS of the build, queries/s and recall@10 against exact search.
 
 Data: 64-d clustered synthetic vectors (bench/retrieval.py's mixture: 1000 centres, spread 0.15),
 written as an embeddings set of `--shards` shards (bigvis/embedding_sets.py); 1000 queries from
-the same mixture. Each build runs in a fresh child process so that its peak RSS (ru_maxrss, of
-the child and of its own workers) is its own: the single index loads the whole set, the sharded
+the same mixture. Each build runs in a fresh child process; its peak RSS is the larger of the
+child's own high-water mark (VmHWM) and the RSS of its process tree (workers included) sampled
+every 20 ms: the single index loads the whole set, the sharded
 one loads one shard per worker. Params: tree_ah, the defaults bigvis resolves for each index's
 size. Search: one thread, all queries in one batch, median of `--repeats`. Ground truth: FAISS
 IndexFlatIP (BLAS, `--threads`). Writes OUT.json and OUT.md (default bench/results/sharded_index).
@@ -16,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -38,10 +38,27 @@ from bigvis import embedding_sets, retrieval, sharded_index  # noqa: E402
 K = 10
 
 
-def _peak_rss_bytes():
-  own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-  return max(own, children) * 1024
+def _status_kb(pid, field):
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      return next((int(line.split()[1]) for line in f if line.startswith(field)), 0)
+  except OSError:
+    return 0
+
+
+def _descendants(pid):
+  out = []
+  try:
+    for tid in os.listdir(f'/proc/{pid}/task'):
+      with open(f'/proc/{pid}/task/{tid}/children') as f:
+        out += [int(c) for c in f.read().split()]
+  except OSError:
+    return out
+  return out + [d for c in out for d in _descendants(c)]
+
+
+def _tree_rss_bytes(pid):
+  return 1024 * sum(_status_kb(p, 'VmRSS:') for p in [pid, *_descendants(pid)])
 
 
 def child(argv):
@@ -59,8 +76,9 @@ def child(argv):
         'ids': emb['id']})
   else:
     sharded_index.build(set_dir, out, k=K, params={'algorithm': 'tree_ah'}, workers=workers)
+  # VmHWM: this process's own peak (ru_maxrss would count the parent's memory at exec).
   print(json.dumps({'build_seconds': time.perf_counter() - start,
-                    'peak_rss_bytes': _peak_rss_bytes()}))
+                    'own_peak_rss_bytes': 1024 * _status_kb('self', 'VmHWM:')}))
 
 
 def write_set(directory, db, shards):
@@ -77,9 +95,16 @@ def write_set(directory, db, shards):
 
 
 def measure(kind, set_dir, out, workers, queries, truth_rows, repeats):
-  proc = subprocess.run([sys.executable, __file__, '--child', kind, set_dir, out, str(workers)],
-                        capture_output=True, text=True, check=True)
-  built = json.loads(proc.stdout.strip().splitlines()[-1])
+  proc = subprocess.Popen([sys.executable, __file__, '--child', kind, set_dir, out, str(workers)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  tree_peak = 0
+  while proc.poll() is None:  # The build's whole process tree (its workers too), sampled.
+    tree_peak = max(tree_peak, _tree_rss_bytes(proc.pid))
+    time.sleep(0.02)
+  if proc.returncode:
+    raise RuntimeError(f'{kind} build failed (exit {proc.returncode})')
+  built = json.loads(proc.stdout.read().strip().splitlines()[-1])
+  built['peak_rss_bytes'] = max(built['own_peak_rss_bytes'], tree_peak)
   searcher, meta = retrieval.load_index(out)
   seconds = []
   for _ in range(repeats + 1):  # the first is a warm-up
