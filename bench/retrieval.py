@@ -432,7 +432,7 @@ def _fmt_qps(x):
 def markdown(result):
   m, a = result['machine'], result['args']
   v = m['versions']
-  lines = [f'# Retrieval: ScaNN (bigvis) beside FAISS IVF-PQ + refine, HNSW and exact search '
+  lines = [f'# Retrieval: ScaNN (bigvis) beside FAISS IVF-PQ FastScan + refine, HNSW and exact search '
            f'(recall@{K}, inner product)', '',
            f"{result['time']}: {m['cpu']}, {m['cores']} cores, Python {m['python']}, numpy "
            f"{v['numpy']}, scann {v['scann']}, faiss-cpu {v['faiss-cpu']}. Queries/s: all queries "
