@@ -313,7 +313,7 @@ def test_flax_and_cpu_impls_agree(pool_type, dtype, atol):
   cpu, flax_impl = build_trunk(cfg('cpu')), build_trunk(cfg('flax'))
   assert (cpu.impl, flax_impl.impl) == ('cpu', 'flax')
   x = _images()
-  p, p_flax = cpu.init(jax.random.key(1), x), flax_impl.init(jax.random.key(1), x)
+  p, p_flax = jax.jit(cpu.init)(jax.random.key(1), x), jax.jit(flax_impl.init)(jax.random.key(1), x)
   assert jax.tree.structure(p) == jax.tree.structure(p_flax)
   for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_flax)):
     assert a.shape == b.shape and a.dtype == b.dtype
@@ -323,9 +323,11 @@ def test_flax_and_cpu_impls_agree(pool_type, dtype, atol):
   w = jax.random.normal(jax.random.key(3), (x.shape[0], 32))
   def loss(module):
     return lambda params, x: jnp.sum(module.apply(params, x)[0] * w)
-  np.testing.assert_allclose(cpu.apply(p, x)[0], flax_impl.apply(p, x)[0], atol=atol,
-                             rtol=atol)
-  got, want = jax.grad(loss(cpu), (0, 1))(p, x), jax.grad(loss(flax_impl), (0, 1))(p, x)
+  # Jitted, as training runs them (op by op, the test took ~4x as long).
+  np.testing.assert_allclose(jax.jit(cpu.apply)(p, x)[0], jax.jit(flax_impl.apply)(p, x)[0],
+                             atol=atol, rtol=atol)
+  got = jax.jit(jax.grad(loss(cpu), (0, 1)))(p, x)
+  want = jax.jit(jax.grad(loss(flax_impl), (0, 1)))(p, x)
   # Relative to the largest gradient: some are zero but for rounding (the key bias: softmax does
   # not see a shift common to a row), and bf16's rounding grows with the gradient's size.
   scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(want))
