@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import multiprocessing
-import os
 import sys
 import time
 

@@ -15,22 +15,13 @@ from bigvis.tools import embed
 from tests import helpers
 
 
-@pytest.fixture(scope='module')
-def run(embedding_run):
-  return embedding_run[1]
-
-
-@pytest.fixture(scope='module')
-def shapes_dir(embedding_run):
-  return embedding_run[0]
-
-
 def _by_index(emb):
   order = np.argsort(emb['index'])
   return {k: v[order] for k, v in emb.items() if k != 'meta'}
 
 
-def test_two_processes_write_one_set_equal_to_the_single_file(run, shapes_dir, tmp_path):
+def test_two_processes_write_one_set_equal_to_the_single_file(embedding_run, tmp_path):
+  shapes_dir, run = embedding_run  # the 40 px corpus and its 2-step run (conftest)
   rows, _ = embed.embed(run, shapes_dir, 'train', str(tmp_path / 'one.npz'), batch_size=16)
   single = _by_index(retrieval.load_embeddings(str(tmp_path / 'one.npz')))
   out = str(tmp_path / 'set')
@@ -70,7 +61,8 @@ def test_two_processes_write_one_set_equal_to_the_single_file(run, shapes_dir, t
                 process_count=2)
 
 
-def test_killed_set_resumes_keeping_finished_shards(run, shapes_dir, tmp_path):
+def test_killed_set_resumes_keeping_finished_shards(embedding_run, tmp_path):
+  shapes_dir, run = embedding_run  # the 40 px corpus and its 2-step run (conftest)
   out = str(tmp_path / 'set')
   cmd = [sys.executable, os.path.join(helpers.REPO, 'tools', 'embed.py'), '--workdir', run,
          '--corpus', shapes_dir, '--split', 'train', '--out', out, '--num_shards', '6',

@@ -28,23 +28,14 @@ json.dump(out, open(sys.argv[2], 'w'))
 
 
 @pytest.fixture(scope='module')
-def run(embedding_run):
-  return embedding_run[1]
-
-
-@pytest.fixture(scope='module')
-def shapes_dir(embedding_run):
-  return embedding_run[0]
-
-
-@pytest.fixture(scope='module')
-def exported(run, tmp_path_factory):
+def exported(embedding_run, tmp_path_factory):
   out = str(tmp_path_factory.mktemp('exported') / 'export')
-  return out, export.export_model(run, out)
+  return out, export.export_model(embedding_run[1], out)
 
 
-def test_exported_model_equals_the_trainer_on_other_batch_sizes(run, exported, shapes_dir,
+def test_exported_model_equals_the_trainer_on_other_batch_sizes(embedding_run, exported,
                                                                   tmp_path):
+  shapes_dir, run = embedding_run  # the 40 px corpus and its 2-step run (conftest)
   folder, meta = exported
   assert meta['features'] == 'embedding' and meta['task'] == 'identity'
   assert meta['platforms'] == ['cpu', 'cuda', 'tpu'] and meta['embedding_dim'] == 16
@@ -70,7 +61,8 @@ def test_exported_model_equals_the_trainer_on_other_batch_sizes(run, exported, s
   assert rows == len(want['embedding'])
 
 
-def test_a_damaged_export_and_an_unportable_pp_are_refused(run, exported, tmp_path):
+def test_a_damaged_export_and_an_unportable_pp_are_refused(embedding_run, exported, tmp_path):
+  run = embedding_run[1]
   out = str(tmp_path / 'export')
   shutil.copytree(exported[0], out)
   with open(os.path.join(out, serving.PARAMS_FILE), 'r+b') as f:
@@ -79,4 +71,5 @@ def test_a_damaged_export_and_an_unportable_pp_are_refused(run, exported, tmp_pa
   with pytest.raises(ValueError, match='params.npz: sha256 differs'):
     serving.load(out)
   with pytest.raises(ValueError, match="export supports 'decode|resize"):
-    export.export_model(run, str(tmp_path / 'x'), pp='decode|resize_small(40)|center_crop(32)|value_range(-1,1)')
+    export.export_model(run, str(tmp_path / 'x'),
+                        pp='decode|resize_small(40)|center_crop(32)|value_range(-1,1)')
