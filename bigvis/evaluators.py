@@ -1,8 +1,9 @@
 """Evaluators run during training (big_vision style), built from `config.evals`.
 
 Each entry names a kind (see `bigvis.config.evaluator`): 'classification' (accuracy of each
-classifier head, precision@1 of each multilabel head, or of the one named by `task`), 'retrieval' (recall@k of an embedding head,
-float by cosine and binary by Hamming distance, exact search) or 'knn' (k-NN accuracy on the
+classifier head, precision@1 of each multilabel head, or of the one named by `task`),
+'retrieval' (recall@k of an embedding head, float by cosine and binary by Hamming distance, exact
+search) or 'knn' (k-NN accuracy on the
 trunk's pooled features) or 'linear_probe' (logistic regression on the frozen pooled features,
 bigvis/probe.py). `Evaluators.run(params, step)` returns {'eval/<name>/<metric>': value}
 for the entries due at `step`.

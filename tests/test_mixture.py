@@ -1,4 +1,5 @@
 """Several corpora in one run: each task trains on the examples of the corpora that label it."""
+import json
 import shutil
 
 import jax
@@ -126,3 +127,30 @@ def test_the_multitask_config_validates():
   assert sorted(c.input.sources) == ['clipart', 'emoji']
   assert c.input.sources.clipart.labels == ('category',)
   assert {e.data_dir for e in c.evals.values()} == {'runs/data/emoji', 'runs/data/openclipart'}
+
+
+def test_a_classification_eval_on_a_corpus_with_other_classes_is_refused(corpora, tmp_path):
+  from bigvis import evaluators, sharding
+  from bigvis.corpora.writer import CARD_JSON
+  names = list(synthetic.SHAPES)
+  for folder, shape_names in (('same', names), ('other', names[::-1])):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / CARD_JSON).write_text(json.dumps(
+        {'status': 'ok', 'label_names': {'shape': shape_names}}))
+  c = mixture_config(*corpora)
+  model = heads.build_model(c)
+  mesh = sharding.make_mesh(c.mesh)
+  for folder in ('same', 'other'):
+    c.evals.heads = config_lib.evaluator('classification', every_steps=1, split='train',
+                                         task='shape', pp='decode', data_dir=str(tmp_path / folder))
+    make = lambda: evaluators.Evaluators(c, model, mesh, None, {'shape': names})
+    if folder == 'same':
+      make()
+    else:
+      with pytest.raises(config_lib.ConfigError, match="names other classes for 'shape'"):
+        make()
+  # k-NN compares the corpus's labels with themselves: other class names are fine there.
+  c.evals.heads = config_lib.evaluator('knn', every_steps=1, query_split='a', index_split='b',
+                                       label_field='shape', pp='decode',
+                                       data_dir=str(tmp_path / 'other'))
+  evaluators.Evaluators(c, model, mesh, None, {'shape': names})
