@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/demo
 
 KERNEL := bigvis/kernels/_cpu_attention.so
 
-.PHONY: demo test bench
+.PHONY: demo test bench study
 
 # bigvis itself is installed editable (pyproject.toml; its dependencies are requirements.txt, already
 # pinned and installed), so `python -m bigvis.tools.X`, the bigvis-* commands and `python tools/X.py`
@@ -39,3 +39,9 @@ test: $(VENV)/.installed $(KERNEL)
 bench: $(VENV)/.installed $(KERNEL)
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	$(PY) bench/run_all.py
+
+# The paper's findings in miniature (configs/study.py): every question's grid, 3 seeds, through the
+# real command line; resumable (run it again after a kill). Writes study/STUDY.md, study.json and
+# plots. Not part of `make test` or `make demo`: hours here.
+study: $(VENV)/.installed $(KERNEL)
+	$(PY) tools/study.py --root runs/study --out study

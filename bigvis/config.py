@@ -94,6 +94,9 @@ def defaults():
       pp='decode|random_resized_crop(224)|flip_lr|value_range(-1,1)',
       worker_count=0,  # Grain worker processes (0 = in the main process).
       shuffle=True,
+      # Train on this fraction of the split's records: a fixed random subset (the same for every
+      # seed and process count), for data-scale studies. One corpus only (not with sources).
+      fraction=1.0,
       # Bad records (undecodable, off-schema, label out of range) are replaced by the next good
       # record and counted (metric `data/bad_examples`); past this fraction of the examples seen
       # (checked from min(1000, one epoch) examples on) the run stops, naming them.
@@ -225,6 +228,8 @@ def validate(config):
     raise ConfigError(f'host_tuning={config.host_tuning!r}; choose from {HOST_TUNING}')
   if config.nonfinite not in NONFINITE_POLICIES:
     raise ConfigError(f'nonfinite={config.nonfinite!r}; choose from {NONFINITE_POLICIES}')
+  if not 0 < config.input.fraction <= 1:
+    raise ConfigError(f'input.fraction must be in (0, 1], got {config.input.fraction}')
   if not 0 <= config.input.max_bad_fraction <= 1:
     raise ConfigError(f'input.max_bad_fraction must be in [0, 1], got '
                       f'{config.input.max_bad_fraction}')
@@ -242,6 +247,9 @@ def _check_sources(config):
     if not config.input.data_dir:
       raise ConfigError('input.data_dir is empty and input.sources names no corpora')
     return
+  if config.input.fraction != 1:
+    raise ConfigError(f'input.fraction={config.input.fraction} applies to one corpus; with '
+                      f'input.sources, subset the corpora when preparing them')
   if config.input.data_dir or config.input.split:
     raise ConfigError(f'input.sources names the corpora ({sorted(sources)}): set input.data_dir '
                       f"and input.split to '' (now {config.input.data_dir!r}, "

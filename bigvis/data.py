@@ -67,6 +67,7 @@ BAD_RECORD_POLICIES = ("raise", "replace")
 # A bad record's replacement is the first good one among the next REPLACEMENT_SEARCH records: a
 # run of that many bad records in a row is not "a few bad records" and fails loudly.
 REPLACEMENT_SEARCH = 64
+SUBSET_SEED = 20220104  # make_dataset(fraction=): the same subset for every run seed.
 # What damaged image bytes raise in PIL (a truncated PNG gives OSError) and pp ops on odd images.
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
@@ -190,10 +191,24 @@ def _check_labels(labels, where: str) -> None:
       raise ValueError(f"{where}labels[{field!r}] = {spec!r}; want (kind, num_classes), kind in {LABEL_KINDS}")
 
 
+class _Subset:
+  """Records `keep` of `source`, as (global record number, raw bytes)."""
+
+  def __init__(self, source, keep):
+    self.source, self.keep = source, keep
+
+  def __len__(self):
+    return len(self.keep)
+
+  def __getitem__(self, j):
+    i = int(self.keep[j])
+    return i, self.source[i]
+
+
 def _examples(paths, *, pp: str, labels, seed: int, shuffle: bool, num_epochs: int | None,
               process_index: int, process_count: int, with_id: bool = False,
               allow_empty: bool = False, where: str = "",
-              bad_records: str = "raise") -> grain.MapDataset:
+              bad_records: str = "raise", fraction: float = 1.0) -> grain.MapDataset:
   """This process's records -> (shuffle, repeat) -> preprocessed examples, unbatched."""
   if not paths:
     raise ValueError(f"{where}no shard paths given")
@@ -206,6 +221,14 @@ def _examples(paths, *, pp: str, labels, seed: int, shuffle: bool, num_epochs: i
   num_records = len(source)
   # Keep the global record number; indices past the first epoch arrive unwrapped.
   ds = grain.MapDataset.source(source).map_with_index(lambda i, raw: (i % num_records, raw))
+  if fraction != 1.0:
+    if not 0 < fraction <= 1:
+      raise ValueError(f"{where}fraction={fraction} not in (0, 1]")
+    # A fixed subset, drawn with numpy: a grain shuffle here would be reseeded every epoch by
+    # repeat() and so cover every record over a run.
+    keep = np.sort(np.random.default_rng(SUBSET_SEED).permutation(num_records)[
+        :max(1, round(num_records * fraction))])
+    ds = grain.MapDataset.source(_Subset(source, keep))
   ds = ds[process_index::process_count]
   epoch_len = len(ds)
   if epoch_len == 0 and not allow_empty:
@@ -236,7 +259,7 @@ def make_dataset(paths: list[str], *, pp: str, labels: dict[str, tuple[str, int]
                  seed: int, shuffle: bool = True, num_epochs: int | None = None,
                  process_index: int = 0, process_count: int = 1, worker_count: int = 0,
                  drop_remainder: bool = True, read_threads: int = 2,
-                 bad_records: str = "raise") -> grain.IterDataset:
+                 bad_records: str = "raise", fraction: float = 1.0) -> grain.IterDataset:
   """Batches from ArrayRecord shards of `bigvis.records`; see the module docstring.
 
   Args:
@@ -254,12 +277,13 @@ def make_dataset(paths: list[str], *, pp: str, labels: dict[str, tuple[str, int]
     read_threads: threads per process computing batches ahead (each holds one batch).
     bad_records: 'raise' (a RecordError naming the record) or 'replace' (by the next good
       record; 'bad_index' marks it).
+    fraction: read only this fraction of the records, a subset fixed by SUBSET_SEED (not `seed`).
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   ds = _examples(paths, pp=pp, labels=labels, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                  process_index=0, process_count=1, where="make_dataset: ",
-                 bad_records=bad_records)
+                 bad_records=bad_records, fraction=fraction)
   return _batches(ds, batch_size=batch_size, drop_remainder=drop_remainder,
                   read_threads=read_threads, worker_count=worker_count,
                   process_index=process_index, process_count=process_count)

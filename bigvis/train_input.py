@@ -123,7 +123,8 @@ def make_train_iter(config, sources: list[Source], *, batch_size: int, worker_co
     return data.make_dataset(list(s.paths), pp=s.pp, labels=_labels(config, s),
                              batch_size=batch_size, seed=config.seed, shuffle=config.input.shuffle,
                              process_index=process_index, process_count=process_count,
-                             worker_count=worker_count, bad_records=bad_records)
+                             worker_count=worker_count, bad_records=bad_records,
+                             fraction=config.input.fraction)
   return data.make_mixture(
       [dict(paths=list(s.paths), weight=s.weight, pp=s.pp, labels=_labels(config, s))
        for s in sources],

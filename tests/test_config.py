@@ -47,6 +47,14 @@ def test_bad_values():
   c.grad_accum_steps = 3
   with pytest.raises(config_lib.ConfigError, match='not divisible'):
     config_lib.validate(c)
+  c = helpers.tiny_config('/nonexistent')
+  c.input.fraction = 0.0
+  with pytest.raises(config_lib.ConfigError, match=r'input.fraction must be in \(0, 1\]'):
+    config_lib.validate(c)
+  c.input.fraction, c.input.data_dir, c.input.split = 0.5, '', ''
+  c.input.sources.a = config_lib.source('/a')
+  with pytest.raises(config_lib.ConfigError, match='applies to one corpus'):
+    config_lib.validate(c)
 
 
 def test_pretrain_config_variants_validate():

@@ -127,6 +127,24 @@ def test_determinism_and_reshuffle(paths):
   assert not np.array_equal(epoch0, epoch1)
 
 
+def test_fraction_is_a_fixed_subset(paths):
+  """fraction= reads the same random subset for every seed and process count; epochs cover it."""
+  def indices(**kwargs):
+    ds = _dataset(paths, fraction=0.25, num_epochs=1, drop_remainder=False, **kwargs)
+    return sorted(int(i) for b in ds for i in b["index"])
+  subset = indices()
+  assert len(subset) == round(NUM_RECORDS * 0.25) == len(set(subset))
+  assert subset != list(range(len(subset)))  # random, not the first records
+  assert indices(seed=7) == subset
+  assert sorted(indices(process_index=0, process_count=2)
+                + indices(process_index=1, process_count=2)) == subset
+  two_epochs = np.concatenate([b["index"] for b in _take(iter(_dataset(
+      paths, fraction=0.25, batch_size=len(subset))), 2)])
+  assert set(two_epochs.tolist()) == set(subset)
+  with pytest.raises(ValueError, match="fraction=0"):
+    _dataset(paths, fraction=0.0)
+
+
 def test_eval_order_and_remainder(paths):
   ds = _dataset(paths, shuffle=False, num_epochs=1, drop_remainder=False, batch_size=16,
                 pp="decode|value_range(0, 1)")

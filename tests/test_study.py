@@ -1,0 +1,155 @@
+"""The study tool (bigvis/study.py, configs/study.py) on a tiny grid of two conditions x two seeds:
+each cell's job runs the real tools/eval_retrieval.py on embeddings of a known quality."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bigvis import retrieval, study
+from bigvis.configs import study as grid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOISE = {'sharp': 0.2, 'blurred': 1.2}  # Query noise per condition: 'sharp' retrieves better.
+COUNT = ('{py}', '-c', 'import sys; open(sys.argv[1], "a").write("x")', '{job}/runs')
+FAIL_IF = '{py}', '-c', 'import os, sys; sys.exit(3 if os.path.exists(sys.argv[1]) else 0)'
+
+
+def _write_embeddings(folder, noise, seed, split='test_query'):
+  rng = np.random.default_rng(seed)
+  n, dim = 40, 16
+  database = rng.normal(size=(n, dim)).astype(np.float32)
+  queries = database + noise * rng.normal(size=(n, dim)).astype(np.float32)
+  paths = {}
+  for name, x, s in (('q', queries, split), ('db', database, 'test_index')):
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    paths[name] = os.path.join(folder, f'{name}.npz')
+    retrieval.save_embeddings(paths[name], {
+        'id': np.array([f'{name}{i}' for i in range(n)]), 'index': np.arange(n, dtype=np.int64),
+        'embedding': x, 'codes': retrieval.binary_codes(x),
+        'label/identity': np.arange(n, dtype=np.int32)},
+        {'corpus': '/data/tiny', 'split': s, 'checkpoint': '/ck', 'step': 1, 'task': 'identity'})
+  # What R@1 must be: the database row nearest each query is its own.
+  expected = float(np.mean(np.argmax(
+      retrieval.load_embeddings(paths['q'])['embedding']
+      @ retrieval.load_embeddings(paths['db'])['embedding'].T, axis=1) == np.arange(n)))
+  return paths, expected
+
+
+def _grid(tmp_path, fail_flag):
+  jobs, cells, expected = [], [], {}
+  for condition, noise in NOISE.items():
+    for seed in (0, 1):
+      name = f'eval/{condition}-s{seed}'
+      folder = tmp_path / 'inputs' / name
+      folder.mkdir(parents=True)
+      paths, expected[condition, seed] = _write_embeddings(str(folder), noise, seed)
+      commands = [COUNT]
+      if (condition, seed) == ('blurred', 1):
+        commands.append(FAIL_IF + (str(fail_flag),))  # Interrupts the grid while the flag exists.
+      commands.append(('{py}', 'tools/eval_retrieval.py', '--queries', paths['q'], '--database',
+                       paths['db'], '--label', 'identity', '--ks', '1,5', '--examples', '0',
+                       '--repeats', '1', '--out', '{job}/retrieval'))
+      jobs.append(study.Job(name, tuple(commands)))
+      cells.append(study.Cell(condition, seed, (name,),
+                              (study.Score('retrieval', 'tiny', f'{name}/retrieval'),)))
+  question = study.Question('q', 'A tiny question', tuple(cells),
+                            ('tiny float R@1', 'tiny binary R@1'), reference='sharp',
+                            paired=(('tiny binary R@1', 'tiny float R@1'),))
+  return [question], jobs, expected
+
+
+def test_grid_runs_resumes_and_aggregates_what_the_runs_wrote(tmp_path):
+  root = str(tmp_path / 'root')
+  flag = tmp_path / 'interrupt'
+  flag.write_text('')
+  questions, jobs, expected = _grid(tmp_path, flag)
+  ordered = study.collect_jobs(questions, jobs)
+  with pytest.raises(study.StudyError, match=r"job 'eval/blurred-s1': exit 3 .*resume here"):
+    study.run_jobs(root, ordered, cwd=REPO, log=lambda *_: None)
+  # Interrupted: three cells done, the fourth missing, and the report says so.
+  partial = study.aggregate(root, questions)['q']
+  assert partial['missing'] == ['blurred seed 1']
+  assert [r['seeds'] for r in partial['conditions']] == [[0, 1], [0]]
+
+  flag.unlink()
+  seconds = study.run_jobs(root, ordered, cwd=REPO, log=lambda *_: None)
+  assert list(seconds) == ['eval/blurred-s1']  # Finished jobs were not run again.
+  runs = {j.name: (tmp_path / 'root' / j.name / 'runs').read_text() for j in jobs}
+  assert runs == {'eval/sharp-s0': 'x', 'eval/sharp-s1': 'x', 'eval/blurred-s0': 'x',
+                  'eval/blurred-s1': 'xx'}
+  assert study.run_jobs(root, ordered, cwd=REPO, log=lambda *_: None) == {}
+
+  r = study.aggregate(root, questions)['q']
+  assert r['missing'] == [] and r['evaluated_on'] == {
+      'tiny retrieval': 'tiny:test_query -> tiny:test_index, relevant = same identity'}
+  rows = {row['condition']: row for row in r['conditions']}
+  for condition in NOISE:
+    want = [expected[condition, s] for s in (0, 1)]
+    got = rows[condition]['metrics']['tiny float R@1']
+    np.testing.assert_allclose(got['values'], want)
+    np.testing.assert_allclose([got['mean'], got['std']], [np.mean(want), np.std(want)])
+    diffs = rows[condition]['paired']['tiny binary R@1 - tiny float R@1']['values']
+    np.testing.assert_allclose(np.array(diffs) + want,
+                               rows[condition]['metrics']['tiny binary R@1']['values'])
+  (float_cmp,) = [c for c in r['comparisons'] if c['metric'] == 'tiny float R@1']
+  sharp, blurred = (rows[c]['metrics']['tiny float R@1'] for c in ('sharp', 'blurred'))
+  assert float_cmp['condition'] == 'blurred' and float_cmp['delta'] < 0
+  assert float_cmp['finding'] == (abs(blurred['mean'] - sharp['mean'])
+                                  > blurred['std'] + sharp['std'])
+  report = study.render(study.aggregate(root, questions), header='# T', readings={'q': 'Said.'})
+  assert '| blurred | 2 | ' in report and '**Reading.** Said.' in report
+  study.plot(study.aggregate(root, questions), str(tmp_path))
+  assert (tmp_path / 'study_q.png').read_bytes()[:4] == b'\x89PNG'
+
+  # A cell evaluated on another split than the others: refused, naming both.
+  q_file = json.loads((tmp_path / 'root' / 'eval/sharp-s1/retrieval/retrieval.json').read_text())
+  _write_embeddings(os.path.dirname(q_file['queries_file']), NOISE['sharp'], 1, split='val_query')
+  with pytest.raises(study.StudyError, match=r"'tiny retrieval' of sharp seed 1 was scored on 'tiny:val_query.*"
+                                             r"but sharp seed 0 on 'tiny:test_query"):
+    study.aggregate(root, questions)
+
+  # A finished job whose declared commands changed is refused, not silently kept.
+  changed = study.Job(jobs[0].name, jobs[0].commands[:1])
+  with pytest.raises(study.StudyError, match='other commands than the grid now declares'):
+    study.run_jobs(root, [changed], cwd=REPO, log=lambda *_: None)
+
+
+def test_collect_jobs_orders_deps_and_refuses_bad_grids():
+  a, b = study.Job('a', (('true',),)), study.Job('b', (('true',),), deps=('a',))
+  cell = study.Cell('c', 0, ('b',), ())
+  q = study.Question('q', 'Q', (cell,), ())
+  assert [j.name for j in study.collect_jobs([q], [b, a])] == ['a', 'b']
+  with pytest.raises(study.StudyError, match="'a' is declared twice"):
+    study.collect_jobs([q], [a, b, study.Job('a', (('false',),))])
+  with pytest.raises(study.StudyError, match="job 'a' .* is not declared"):
+    study.collect_jobs([q], [b])
+  loop = study.Job('a', (('true',),), deps=('b',))
+  with pytest.raises(study.StudyError, match='cycle: b -> a -> b'):
+    study.collect_jobs([q], [loop, b])
+
+
+def test_default_grid():
+  questions, jobs = grid.get_study(scale=1.0, seeds=3)
+  by_key = {q.key: q for q in questions}
+  assert list(by_key) == list(grid.QUESTIONS)
+  ordered = study.collect_jobs(questions, jobs)  # Every cell's job is declared, deps first.
+  position = {j.name: i for i, j in enumerate(ordered)}
+  assert all(position[d] < position[j.name] for j in ordered for d in j.deps)
+  for q in questions:
+    conditions = {}
+    for c in q.cells:
+      conditions.setdefault(c.condition, set()).add(c.seed)
+    assert all(seeds == {0, 1, 2} for seeds in conditions.values()), q.key
+  # Matched FLOPs: the ResNet's steps x its FLOPs = the ViT's.
+  ratio = grid.train_flops('Ti/16') / grid.train_flops('resnet50')
+  assert 0.1 < ratio < 0.5
+  resnet = [j for j in ordered if j.name.startswith('pretrain/resnet50')]
+  assert len(resnet) == 3
+  assert all(f'-n{round(grid.PRETRAIN_STEPS * ratio)}' in j.name for j in resnet)
+  # Binary vs float covers every fine-tuned model of the other questions.
+  finetuned = {(f'{q.key}: {c.condition}', c.seed) for q in questions if q.key != 'binary'
+               for c in q.cells}
+  assert {(c.condition, c.seed) for c in by_key['binary'].cells} == finetuned
+  with pytest.raises(ValueError, match="unknown questions \\['lables'\\]"):
+    grid.get_study(questions=('lables',))
