@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/demo
 
 KERNEL := bigvis/kernels/_cpu_attention.so
 
-.PHONY: demo test bench study
+.PHONY: demo test bench study soak
 
 # bigvis itself is installed editable (pyproject.toml; its dependencies are requirements.txt, already
 # pinned and installed), so `python -m bigvis.tools.X`, the bigvis-* commands and `python tools/X.py`
@@ -39,6 +39,11 @@ test: $(VENV)/.installed $(KERNEL)
 bench: $(VENV)/.installed $(KERNEL)
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	$(PY) bench/run_all.py
+
+# SIGKILL at random moments, restart, end bit-identical (tests/soak/README.md): an opt-in soak test,
+# ~3-5 minutes here; the report lands in tests/soak/kill_soak.{json,md}.
+soak: $(VENV)/.installed $(KERNEL)
+	$(PY) tests/soak/kill_soak.py
 
 # The paper's findings in miniature (configs/study.py): every question's grid, 3 seeds, through the
 # real command line; resumable (run it again after a kill). Writes study/STUDY.md, study.json and

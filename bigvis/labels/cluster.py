@@ -60,8 +60,8 @@ def merge_pairs(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndar
   """Sum of pair counts; exact and independent of the order of `parts`.
 
   Parts may repeat keys and need not be sorted, but sorted runs (pair_counts'
-  output) make the stable sort (timsort: merges the runs) near linear; 5x faster
-  than np.unique here.
+  output) make the stable sort (timsort: merges the runs) near linear, faster than
+  np.unique.
   """
   parts = [p for p in parts if p[0].size]
   if not parts:

@@ -4,12 +4,11 @@
 and out, same initialisers) built from `layers.Dense`, whose weight and bias gradients are plain
 dots (see layers.py). `dot_product_attention` is also a drop-in `attention_fn` for flax's module
 (same [batch, tokens, heads, head_dim] inputs and output, same maths: softmax(q k^T / sqrt(d)) v).
-In float32 on one CPU device it calls bigvis's fused kernel (bigvis/kernels/cpu_attention.cc;
-ViT-Ti/16's attention fwd+bwd ~2x faster than the XLA path below). Elsewhere (GPU/TPU, bf16,
-sharded CPU runs), the XLA path; two things make it faster than flax's default on CPU (ViT-Ti/16
-shapes, bench/train_step.py):
+In float32 on one CPU device it calls bigvis's fused kernel (bigvis/kernels/cpu_attention.cc,
+faster than the XLA path below: bench/results/cpu_layers.md). Elsewhere (GPU/TPU, bf16, sharded
+CPU runs), the XLA path; two things make it faster than flax's default on CPU:
 - batch and heads are folded into one leading batch dim before the dots, so each dot is a plain
-  batched matmul; flax's '...qhd,...khd->...hqk' layout made XLA's CPU forward ~3x slower;
+  batched matmul; flax's '...qhd,...khd->...hqk' layout made XLA's CPU forward slower;
 - the backward pass is written out (custom_vjp) from the saved probabilities, with the score
   gradient formed in one fused elementwise pass, instead of autodiff through softmax.
 Scores and softmax are float32 whatever the compute dtype (bf16 logits lose the small

@@ -7,13 +7,10 @@ work reaches XLA; on the 2-core dev CPU, at ViT-Ti/16 shapes:
   and a tall kernel's gradient is computed as its wide transpose, which XLA's CPU dot runs faster;
 - per-channel sums over all rows (bias and scale gradients) are matrix-vector products
   (`colsum`). Written as reductions, XLA's CPU backend splits them into a strided, single-threaded
-  reduce-window: 5.5-6 ms for a [6304, 768] gradient, against 0.8-0.9 ms as a dot;
-- LayerNorm's backward pass is written out (custom_vjp) with its row means as dots too: fwd+bwd
-  1.6 ms against flax's 3.0 ms for [32, 197, 192].
-With them (and `attention.MultiHeadDotProductAttention`) the ViT-Ti/16 train step no longer runs
-~250 ms of reduce-windows per step and took ~4% less time, paired step by step against flax's
-layers in one run (GPU and TPU get the same dots; not measured there). Statistics and gradient
-sums are float32 whatever the compute dtype.
+  reduce-window, several times slower than the dot;
+- LayerNorm's backward pass is written out (custom_vjp) with its row means as dots too.
+The measured figures are in bench/results/cpu_layers.md (GPU and TPU get the same dots; not
+measured there). Statistics and gradient sums are float32 whatever the compute dtype.
 """
 import functools
 import math
@@ -29,9 +26,8 @@ def matmul(lhs, rhs, dimension_numbers, precision=None, **kw):
   The layers contract the trailing axes of [B, N, ...] activations with the leading axes of the
   kernel. As written, each weight gradient is a dot over several axes (B and N), and XLA's CPU
   backend first copies one operand into a transposed buffer for it (ViT-Ti/16: 12 copies of
-  [768, 6304] floats per step and 60 of [192, 6304]; the MLP's kernel gradient took 34 ms that
-  way against 20 ms as a 2-D dot). Reshaped to matrices, which costs nothing, every dot of the
-  forward and backward pass reads its operands in place.
+  [768, 6304] floats per step and 60 of [192, 6304]). Reshaped to matrices, which costs nothing,
+  every dot of the forward and backward pass reads its operands in place.
   """
   (lhs_c, rhs_c), batch = dimension_numbers
   n = len(lhs_c)
@@ -66,10 +62,9 @@ def _matmul2d_bwd(res, g):
   x, w = res
   dx = _dot(g, w, 1, 1)
   if w.shape[0] > w.shape[1] and jax.default_backend() == 'cpu':
-    # XLA's CPU (Eigen) dot ran x^T g into a tall [K, N] output at 76 GFLOP/s against 104 for the
-    # wide [N, K] one (ViT-Ti/16's MLP output kernel, [6304, 768] x [6304, 192], one core): so
-    # compute g^T x and transpose it (a [K, N] copy, 0.15 M floats). The barrier keeps XLA from
-    # folding the transpose back into the dot.
+    # XLA's CPU (Eigen) dot runs x^T g into a tall [K, N] output slower than into the wide
+    # [N, K] one (bench/results/cpu_layers.md): so compute g^T x and transpose it (a [K, N]
+    # copy). The barrier keeps XLA from folding the transpose back into the dot.
     dw = jax.lax.optimization_barrier(_dot(g, x, 0, 0)).T
   else:
     dw = _dot(x, g, 0, 0)

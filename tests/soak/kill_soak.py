@@ -1,8 +1,8 @@
 """Kill soak: SIGKILL the trainer at random moments, some inside an async checkpoint write, restart
 it each time, and check that it ends bit-identical to a run that was never killed.
 
-    .venv/bin/python bench/kill_soak.py                        # 16 kills, 90 steps: ~3-5 min
-    .venv/bin/python bench/kill_soak.py --kills 3 --steps 24   # smoke run: ~1.5 min
+    .venv/bin/python tests/soak/kill_soak.py                        # 16 kills, 90 steps: ~3-5 min
+    .venv/bin/python tests/soak/kill_soak.py --kills 3 --steps 24   # smoke run: ~1.5 min
 
 The trainer runs as a child process (`python -m bigvis.train`) on the tests' tiny config
 (tests/tiny_config.py: a 2-layer ViT at 32 px, three tasks, batch 8, 8 simulated CPU devices) over
@@ -29,7 +29,7 @@ JAX's persistent compilation cache (`--no-compile-cache` to not), so a restart t
    next step and waits for the write), and until it logged that save.
 
 Randomness comes from `--seed`. Writes `<out>.json` and `<out>.md` (default
-bench/results/kill_soak) and exits 1 when anything differs. See bench/README.md.
+tests/soak/kill_soak) and exits 1 when anything differs. See tests/soak/README.md.
 """
 import argparse
 import datetime
@@ -44,11 +44,12 @@ import subprocess
 import sys
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH)
+SOAK = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(SOAK))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'bench'))
 
-import machine  # noqa: E402  (bench/machine.py: this script's folder is on sys.path)
+import machine  # noqa: E402  (bench/machine.py)
 TMP = '.orbax-checkpoint-tmp'
 
 
@@ -71,7 +72,7 @@ def parse_args():
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--workdir', default=os.path.join(ROOT, 'runs', 'bench_kill_soak'),
                  help='wiped at start')
-  p.add_argument('--out', default=os.path.join(BENCH, 'results', 'kill_soak'))
+  p.add_argument('--out', default=os.path.join(SOAK, 'kill_soak'))
   return p.parse_args()
 
 
