@@ -5,9 +5,9 @@ exact merge of the shards' top k.
     OUT/sharded_index.json        written last: metric, k, dim, rows, the shards in set order and
                                   the sha256 of the embeddings shard each was built from
 
-`build` builds the missing shard indexes in `workers` local processes (`build_shard` is the whole
-job for one shard, so a cluster runner can map it over shards the same way) and skips shards
-already built from the same embeddings. `load` returns a searcher with ScaNN's
+`build` builds the missing shard indexes in `workers` local processes, or as an Apache Beam
+pipeline (`runner='beam'`: Dataflow, Flink, Spark, or the DirectRunner) mapping the same
+`build_shard` over the shards, and skips shards already built from the same embeddings. `load` returns a searcher with ScaNN's
 `search_batched(queries, final_num_neighbors=k)`: every shard is searched for k, ids become rows
 of the whole set, and the top k by score are kept, ties to the lower row (as exact search does),
 so `retrieval.load_index` / `evaluate` / tools/eval_retrieval.py take a sharded index as one.
@@ -65,9 +65,25 @@ def _built(index_dir: str, embeddings_sha256: str, k: int, binary: bool) -> bool
           and m.get('metric') == ('hamming' if binary else 'dot'))
 
 
+def _build_with_beam(jobs, pipeline_args):
+  """`build_shard` over `jobs` on Beam; every worker must reach the set and `out_dir` (a bucket
+  on a cluster), and the driver writes the manifest after the pipeline."""
+  import apache_beam as beam
+  from apache_beam.options.pipeline_options import PipelineOptions
+  with beam.Pipeline(options=PipelineOptions(pipeline_args or ['--runner=DirectRunner'])) as p:
+    _ = (p | 'shards' >> beam.Create(jobs) | 'spread' >> beam.Reshuffle()
+         | 'build' >> beam.MapTuple(build_shard))
+
+
 def build(set_dir: str, out_dir: str, *, k: int = 10, binary: bool = False,
-          params: dict | None = None, workers: int = 1) -> dict:
-  """One index per shard of the embeddings set `set_dir` into `out_dir`; returns the manifest."""
+          params: dict | None = None, workers: int = 1, runner: str = 'local',
+          pipeline_args: list[str] | None = None) -> dict:
+  """One index per shard of the embeddings set `set_dir` into `out_dir`; returns the manifest.
+
+  runner 'local' builds in `workers` processes; 'beam' runs `build_shard` per shard on Apache Beam
+  with `pipeline_args` (default: the DirectRunner)."""
+  if runner not in ('local', 'beam'):
+    raise ValueError(f'runner={runner!r}: choose local or beam')
   manifest = embedding_sets.read_manifest(set_dir)
   shards = embedding_sets.shard_files(set_dir)  # Checked against the set's manifest.
   n = len(shards)
@@ -78,8 +94,10 @@ def build(set_dir: str, out_dir: str, *, k: int = 10, binary: bool = False,
       jobs.append((path, index_dir, k, binary, params))
   start = time.perf_counter()
   bar = tqdm(total=len(jobs), desc=f'index shards ({workers} workers)', unit='shard',
-             disable=None, file=sys.stderr)
-  if workers > 1 and len(jobs) > 1:
+             disable=None if runner == 'local' else True, file=sys.stderr)
+  if runner == 'beam' and jobs:
+    _build_with_beam(jobs, pipeline_args)
+  elif workers > 1 and len(jobs) > 1:
     ctx = multiprocessing.get_context('spawn')  # No forked copies of a parent's threads.
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
       for future in concurrent.futures.as_completed([pool.submit(build_shard, *j) for j in jobs]):
@@ -96,7 +114,7 @@ def build(set_dir: str, out_dir: str, *, k: int = 10, binary: bool = False,
          'dim': metas[0]['dim'], 'num_points': sum(m['num_points'] for m in metas),
          'embeddings': fileio.absolute(set_dir),
          'build_seconds': sum(m['build_seconds'] for m in metas),
-         'wall_seconds': time.perf_counter() - start, 'workers': workers,
+         'wall_seconds': time.perf_counter() - start, 'workers': workers, 'runner': runner,
          'params': metas[0]['params'],
          'shards': [{'dir': _shard_dir(i, n), 'rows': m['num_points'],
                      'embeddings_sha256': m['embeddings_sha256'], 'params': m['params']}

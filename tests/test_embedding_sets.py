@@ -132,6 +132,12 @@ def test_sharded_index_merges_exactly(tmp_path):
   np.testing.assert_array_equal(got, want)  # Brute force: 3 shards = 1 index.
   exact, _ = retrieval.exact_search(queries, db['embedding'], k)
   np.testing.assert_array_equal(got, exact)
+  # The same shard jobs as a Beam pipeline (DirectRunner) give the same index.
+  beam_meta = sharded_index.build(str(tmp_path / 'db'), str(tmp_path / 'beam'), k=k,
+                                  params={'algorithm': 'brute_force'}, runner='beam')
+  assert beam_meta['runner'] == 'beam' and len(beam_meta['shards']) == 3
+  beam_searcher, _ = retrieval.load_index(str(tmp_path / 'beam'))
+  np.testing.assert_array_equal(retrieval.scann_search(beam_searcher, queries, k)[0], want)
 
   # Approximate shards (tree + AH, params from each one's size): recall no worse than one
   # index's (ScaNN's tree training is not seeded: a few points of run-to-run noise).

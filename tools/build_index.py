@@ -18,6 +18,9 @@ An embeddings set (tools/embed.py --num_shards) with --sharded gets one index pe
 exactly; shards already built from the same embeddings are skipped:
   python tools/build_index.py --embeddings runs/finetune/db_set --sharded --workers 4 \\
       --out runs/finetune/index_set
+On a cluster, the same per-shard job as an Apache Beam pipeline (set and --out in a bucket):
+  python tools/build_index.py --embeddings gs://b/db_set --sharded --runner beam \\
+      --out gs://b/index_set -- --runner=DataflowRunner --project=... --region=...
 """
 
 import argparse
@@ -40,18 +43,23 @@ def main(argv=None):
   p.add_argument("--sharded", action="store_true",
                  help="one index per shard of an embeddings set (--embeddings a set folder)")
   p.add_argument("--workers", type=int, default=1, help="processes building shard indexes")
-  a = p.parse_args(argv)
+  p.add_argument("--runner", choices=("local", "beam"), default="local",
+                 help="with --sharded: local processes, or Apache Beam (flags after `--`)")
+  argv = sys.argv[1:] if argv is None else list(argv)
+  beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
+  a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
   if a.sharded:
     try:
       if not embedding_sets.is_set(a.embeddings):
         raise ValueError(f"--sharded: {a.embeddings} is not an embeddings set folder "
                          "(tools/embed.py --num_shards)")
       meta = sharded_index.build(a.embeddings, a.out, k=a.k, binary=a.binary,
-                                 params=retrieval.parse_scann_params(a.param), workers=a.workers)
+                                 params=retrieval.parse_scann_params(a.param), workers=a.workers,
+                                 runner=a.runner, pipeline_args=beam_args or None)
     except (OSError, ValueError) as e:
       sys.exit(f"build_index.py: error: {e}")
     summary = {key: meta[key] for key in ("metric", "num_points", "dim", "build_seconds",
-                                          "wall_seconds", "workers")}
+                                          "wall_seconds", "workers", "runner")}
     print(json.dumps({"out": a.out, "shards": len(meta["shards"]), **summary}, indent=1))
     return
 
