@@ -6,18 +6,13 @@ variables; `env()` gives them, for this process and for trainer subprocesses.
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
 
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+from tests import helpers
 
 
 class Emulator:
@@ -46,7 +41,7 @@ class Emulator:
 @contextlib.contextmanager
 def emulator():
   """Starts the server on a free loopback port, sets its variables here; stops it after."""
-  port = _free_port()
+  port = helpers.free_port()
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.Popen([sys.executable, '-m', 'tests.gcs_server', str(port)], cwd=repo,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

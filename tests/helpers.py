@@ -1,6 +1,7 @@
 """Small configs and corpora shared by the tests, and a way to run the trainer as a process."""
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -55,3 +56,10 @@ def train_process(workdir, data_dir, *extra_flags, devices=8, cwd=REPO, env_extr
          '--workdir', str(workdir), *extra_flags]
   return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, **popen_kwargs)
+
+
+def free_port():
+  """A TCP port free on loopback now (for a coordinator or an emulator)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]

@@ -117,6 +117,30 @@ def _clustered_set(directory, n, dim, num_shards, seed=0):
   return retrieval.load_embeddings(directory)
 
 
+def test_jax_distributed_processes_write_one_set(embedding_run, tmp_path):
+  """Two tools/embed.py processes joined by jax.distributed (as the trainer is launched, through
+  BIGVIS_COORDINATOR/...): each takes its process index from JAX and writes its shards."""
+  shapes_dir, run = embedding_run
+  embed.embed(run, shapes_dir, 'train', str(tmp_path / 'one.npz'), batch_size=16)
+  single = _by_index(retrieval.load_embeddings(str(tmp_path / 'one.npz')))
+  port = helpers.free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, 'tools/embed.py', '--workdir', run, '--corpus', shapes_dir, '--split',
+       'train', '--batch_size', '16', '--num_shards', '4', '--out', str(tmp_path / 'set')],
+      cwd=helpers.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, PYTHONPATH=helpers.REPO, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+               BIGVIS_COORDINATOR=f'127.0.0.1:{port}', BIGVIS_NUM_PROCESSES='2',
+               BIGVIS_PROCESS_ID=str(i))) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  manifest = embedding_sets.read_manifest(str(tmp_path / 'set'))
+  assert [s['rows'] for s in manifest['shards']] == [12, 12, 12, 12]
+  got = _by_index(retrieval.load_embeddings(str(tmp_path / 'set')))
+  np.testing.assert_array_equal(got['id'], single['id'])
+  np.testing.assert_allclose(got['embedding'], single['embedding'], atol=1e-5)
+
+
 def test_sharded_index_merges_exactly(tmp_path):
   db = _clustered_set(str(tmp_path / 'db'), 3000, 32, num_shards=3)
   queries = db['embedding'][::37] + 0.05

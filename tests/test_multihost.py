@@ -5,7 +5,6 @@ from it; the result matches one process with 8 devices and the same global batch
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,8 @@ from bigvis import metrics
 from tests import helpers
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _start_two_processes(workdir, data_dir, *flags):
-  port = _free_port()
+  port = helpers.free_port()
   procs = []
   for process_id in range(2):
     env = dict(os.environ, PYTHONPATH=helpers.REPO,

@@ -60,6 +60,8 @@ def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_s
   and this process writes its share (process_index of process_count; default: this JAX
   process's) on its local devices; rows is then the set's total once it is complete, else None.
   """
+  if num_shards and process_index is None:  # Before anything touches JAX's backend.
+    process_index, process_count = distributed.initialize()
   config = runs.load_run(workdir)
   corpus = corpus or config.input.data_dir
   if not corpus:
@@ -104,8 +106,6 @@ def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_s
   if not num_shards:
     rows = write(out)
     return rows, {**meta, 'rows': rows}
-  if process_index is None:
-    process_index, process_count = distributed.initialize()
   manifest = embedding_sets.write_set(
       out, num_shards, lambda i, path: write(path, (i, num_shards), f'embed {split} shard {i}'),
       {**meta, 'num_shards': num_shards, 'batch_size': batch_size},
