@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from bigvis import fileio, retrieval
 
 
@@ -111,13 +113,13 @@ def _argv(command, root, job):
           .replace('{py}', sys.executable) for a in command]
 
 
-def _marker(root, job):
-  return fileio.join(root, job.name, 'job.json')
+def _marker(root, name):
+  return fileio.join(root, name, 'job.json')
 
 
 def job_done(root, job) -> bool:
   """Whether `job` finished with these commands; a marker from other commands is refused."""
-  path = _marker(root, job)
+  path = _marker(root, job.name)
   if not fileio.path(path).exists():
     return False
   with fileio.path(path).open() as f:
@@ -172,7 +174,7 @@ def run_jobs(root, jobs, *, dry_run=False, log=print, cwd=None, env=None, after_
         if local_log != log_path:
           fileio.publish(local_log, log_path)
       seconds[job.name] = round(time.perf_counter() - start, 1)
-      fileio.write_text_atomic(_marker(root, job), json.dumps(dict(
+      fileio.write_text_atomic(_marker(root, job.name), json.dumps(dict(
           commands=[list(c) for c in job.commands], seconds=seconds[job.name],
           command_seconds=command_seconds,
           commit=git_commit(cwd), finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())),
@@ -230,7 +232,6 @@ def read_score(root, score: Score):
     return metrics, (f'train {_meta(r["train_file"])}, test {_meta(r["test_file"])}, '
                      f'{r["features"]} features, label {r["label"]}')
   if score.kind == 'heads':
-    import numpy as np
     files = [fileio.join(root, f) for f in score.path.split(',')]
     arrays = [retrieval.load_embeddings(f) for f in files]
     metrics = {}
@@ -247,28 +248,28 @@ def _spread(values):
   return statistics.pstdev(values) if len(values) > 1 else float('nan')
 
 
-def aggregate(root, questions, *, seconds=None) -> dict:
-  """Every question's table from what its finished jobs wrote (cells not yet run are counted as
-  missing). Raises StudyError when two cells of one question were scored on different splits."""
+def aggregate(root, questions) -> dict:
+  """Every question's table from what its finished jobs wrote (a cell whose jobs are not all done
+  is listed as missing). Raises StudyError when two cells of one question were scored on
+  different splits."""
   out = {}
   for q in questions:
     evaluated_on, per_condition, missing = {}, {}, []
     for cell in q.cells:
       values = {}
-      try:
-        for score in cell.scores:
-          metrics, on = read_score(root, score)
-          what = f'{score.prefix} {score.kind}'
-          first = evaluated_on.setdefault(what, (on, cell))
-          if first[0] != on:
-            raise StudyError(
-                f'question {q.key!r}: {what!r} of {cell.condition} seed {cell.seed} was '
-                f'scored on {on!r}, but {first[1].condition} seed {first[1].seed} on '
-                f'{first[0]!r}: every run of a question must be evaluated on the same splits')
-          values.update(metrics)
-      except FileNotFoundError:
+      if not all(fileio.path(_marker(root, j)).exists() for j in cell.jobs):
         missing.append(f'{cell.condition} seed {cell.seed}')
         continue
+      for score in cell.scores:
+        metrics, on = read_score(root, score)
+        what = f'{score.prefix} {score.kind}'
+        first = evaluated_on.setdefault(what, (on, cell))
+        if first[0] != on:
+          raise StudyError(
+              f'question {q.key!r}: {what!r} of {cell.condition} seed {cell.seed} was '
+              f'scored on {on!r}, but {first[1].condition} seed {first[1].seed} on '
+              f'{first[0]!r}: every run of a question must be evaluated on the same splits')
+        values.update(metrics)
       per_condition.setdefault(cell.condition, {})[cell.seed] = values
     conditions = []
     for name in dict.fromkeys(c.condition for c in q.cells):
@@ -362,7 +363,6 @@ def plot(results, out_dir):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  import numpy as np
   for key, r in results.items():
     rows = [row for row in r['conditions'] if row['metrics']]
     if not rows:
