@@ -188,14 +188,13 @@ def get_study(scale=1.0, seeds=3, questions=QUESTIONS):
         tuple(cells), downstream, reference='softmax',
         notes='Mined clusters, the same schedule and learning rate for both losses.'))
   if 'binary' in questions:
+    # Each fine-tuned model once, named after the first question that trains it.
     models = {}
-    for q in out:
+    for q in out or [Question('labels', '', tuple(labels_cells), ())]:
       for c in q.cells:
-        models.setdefault((f'{q.key}: {c.condition}', c.seed), c)
-    if not out:  # Asked alone: the labels question's models.
-      models = {(f'labels: {c.condition}', c.seed): c for c in labels_cells}
-    cells = tuple(Cell(name, seed, c.jobs, tuple(s for s in c.scores if s.kind == 'retrieval'))
-                  for (name, seed), c in models.items())
+        models.setdefault(c.jobs, (f'{q.key}: {c.condition}', c))
+    cells = tuple(Cell(name, c.seed, c.jobs, tuple(s for s in c.scores if s.kind == 'retrieval'))
+                  for name, c in models.values())
     metrics = ('emoji float R@1', 'emoji binary R@1', 'emoji float ScaNN R@1',
                'emoji binary ScaNN R@1')
     out.append(Question(

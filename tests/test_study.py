@@ -147,9 +147,11 @@ def test_default_grid():
   resnet = [j for j in ordered if j.name.startswith('pretrain/resnet50')]
   assert len(resnet) == 3
   assert all(f'-n{round(grid.PRETRAIN_STEPS * ratio)}' in j.name for j in resnet)
-  # Binary vs float covers every fine-tuned model of the other questions.
-  finetuned = {(f'{q.key}: {c.condition}', c.seed) for q in questions if q.key != 'binary'
-               for c in q.cells}
-  assert {(c.condition, c.seed) for c in by_key['binary'].cells} == finetuned
+  # Binary vs float covers every fine-tuned model of the other questions, each once.
+  finetuned = {c.jobs for q in questions if q.key != 'binary' for c in q.cells}
+  binary = [c.jobs for c in by_key['binary'].cells]
+  assert len(binary) == len(set(binary)) and set(binary) == finetuned
+  assert {c.condition for c in by_key['binary'].cells} >= {'labels: clusters', 'loss: sigmoid'}
+  assert 'loss: softmax' not in {c.condition for c in by_key['binary'].cells}  # = labels: clusters
   with pytest.raises(ValueError, match="unknown questions \\['lables'\\]"):
     grid.get_study(questions=('lables',))
