@@ -16,7 +16,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +41,7 @@ def _readings(out):
   return json.loads(fileio.read_text(path)) if fileio.path(path).exists() else {}
 
 
-def write_report(root, out, questions, args, wall):
+def write_report(root, out, questions, args):
   results = study.aggregate(root, questions)
   markers = {}
   for job in study.collect_jobs(questions, args.jobs):
@@ -50,6 +49,9 @@ def write_report(root, out, questions, args, wall):
     if fileio.path(path).exists():
       markers[job.name] = json.loads(fileio.read_text(path))
   commits = sorted({m['commit'] for m in markers.values()})
+  previous = fileio.join(out, 'study.json')
+  if args.report_only and fileio.path(previous).exists():  # Keep the command that ran the jobs.
+    args.command = json.loads(fileio.read_text(previous))['command']
   run_seconds = sum(m['seconds'] for m in markers.values())
   header = '\n'.join([
       '# The paper\'s findings in miniature', '',
@@ -57,9 +59,10 @@ def write_report(root, out, questions, args, wall):
       'Representations* (WACV 2022), re-run at laptop scale by `make study` '
       f'(`{args.command}`); the grid is configs/study.py.', '',
       f'- machine: {_machine()}',
-      f'- commit(s) of the runs: {", ".join(commits) or "none yet"}',
+      f'- git HEAD when each job finished (`+changes`: uncommitted edits then): '
+      f'{", ".join(commits) or "none yet"}',
       f'- jobs finished: {len(markers)} of {len(study.collect_jobs(questions, args.jobs))}; '
-      f'their wall time {run_seconds / 60:.1f} min (this invocation: {wall / 60:.1f} min)',
+      f'their wall time {run_seconds / 60:.1f} min',
       f'- seeds per cell: {args.seeds}; scale {args.scale:g}; spread = population std over '
       'seeds; a difference is a **finding** only where it exceeds the two spreads added.',
       '- every figure is on a held-out split (emoji test, OpenClipArt test); nothing was '
@@ -92,17 +95,16 @@ def main(argv=None):
   a.root, a.out = fileio.absolute(a.root), fileio.absolute(a.out)
   questions, a.jobs = grid.get_study(a.scale, a.seeds, tuple(a.questions.split(',')))
   jobs = study.collect_jobs(sorted(questions, key=lambda q: grid.RUN_ORDER.index(q.key)), a.jobs)
-  start = time.perf_counter()
   if a.dry_run:
     study.run_jobs(a.root, jobs, dry_run=True, cwd=REPO)
     return
   if not a.report_only:
-    report = lambda: write_report(a.root, a.out, questions, a, time.perf_counter() - start)
+    report = lambda: write_report(a.root, a.out, questions, a)
     # Runs of one shape compile the same programs: JAX's persistent cache compiles each once.
     env = dict(os.environ)
     env.setdefault('JAX_COMPILATION_CACHE_DIR', fileio.join(a.root, 'jax_cache'))
     study.run_jobs(a.root, jobs, cwd=REPO, env=env, after_job=report)
-  write_report(a.root, a.out, questions, a, time.perf_counter() - start)
+  write_report(a.root, a.out, questions, a)
   print(f'Report: {fileio.join(a.out, "STUDY.md")} (and study.json, study_*.png)')
 
 
