@@ -47,6 +47,7 @@ soak: $(VENV)/.installed $(KERNEL)
 
 # The paper's findings in miniature (configs/study.py): every question's grid, 3 seeds, through the
 # real command line; resumable (run it again after a kill). Writes study/STUDY.md, study.json and
-# plots. Not part of `make test` or `make demo`: hours here.
+# plots. Not part of `make test` or `make demo`: hours here. To add to the committed report
+# without re-running its cells: tools/study.py --previous study/study.json (README).
 study: $(VENV)/.installed $(KERNEL)
 	$(PY) tools/study.py --root runs/study --out study

@@ -15,6 +15,11 @@ float of the same model) compare per-seed differences with their own spread. Eve
 question must have been scored on the same corpora and splits, read back from the files the
 runs wrote; a grid that mixes them is refused.
 
+A study can grow across machines and sessions: `previous` (an earlier report's study.json) stands
+in for the cells this root has not finished, with the per-seed figures it recorded; a cell is
+taken from it only when that report finished every job the cell needs (job names carry the
+variant, labels, loss, data fraction, seed and step counts), and only on the same splits.
+
 configs/study.py declares the default grid; tools/study.py runs it and writes the report.
 """
 from __future__ import annotations
@@ -248,33 +253,80 @@ def _spread(values):
   return statistics.pstdev(values) if len(values) > 1 else float('nan')
 
 
-def aggregate(root, questions) -> dict:
-  """Every question's table from what its finished jobs wrote (a cell whose jobs are not all done
-  is listed as missing). Raises StudyError when two cells of one question were scored on
-  different splits."""
+def cell_done(root, cell) -> bool:
+  return all(fileio.path(_marker(root, j)).exists() for j in cell.jobs)
+
+
+def previous_cell(previous, question, cell):
+  """(per-seed metrics, {score: evaluated-on}) that `previous` (a study.json, loaded) recorded
+  for `cell` of `question`, or None when it did not finish every job the cell needs."""
+  if not previous or not set(cell.jobs) <= set(previous.get('job_seconds', {})):
+    return None
+  r = previous['results'].get(question.key)
+  row = next((row for row in (r or {}).get('conditions', ())
+              if row['condition'] == cell.condition and cell.seed in row['seeds']), None)
+  if row is None:
+    return None
+  i = row['seeds'].index(cell.seed)
+  metrics = {m: v['values'][i] for m, v in row['metrics'].items()
+             if len(v['values']) == len(row['seeds'])}  # Else not per seed: not taken.
+  return metrics, r['evaluated_on']
+
+
+def _carried(root, question, cell, previous):
+  return not cell_done(root, cell) and previous_cell(previous, question, cell) is not None
+
+
+def without_carried(root, questions, previous):
+  """The questions with only the cells this study makes itself, not those taken from `previous`
+  (whose jobs are then not run)."""
+  return [dataclasses.replace(q, cells=tuple(c for c in q.cells
+                                             if not _carried(root, q, c, previous)))
+          for q in questions]
+
+
+def carried_jobs(root, questions, previous) -> dict:
+  """{job name: seconds it took then} of the jobs behind the cells taken from `previous`."""
+  return {j: previous['job_seconds'][j] for q in questions for c in q.cells
+          if _carried(root, q, c, previous) for j in c.jobs}
+
+
+def aggregate(root, questions, previous=None) -> dict:
+  """Every question's table from what its finished jobs wrote, or else `previous` recorded (a
+  cell in neither is listed as missing). Raises StudyError when two cells of one question were
+  scored on different splits."""
   out = {}
   for q in questions:
-    evaluated_on, per_condition, missing = {}, {}, []
+    evaluated_on, per_condition, missing, carried = {}, {}, [], {}
     for cell in q.cells:
-      values = {}
-      if not all(fileio.path(_marker(root, j)).exists() for j in cell.jobs):
+      if cell_done(root, cell):
+        values, scored = {}, []
+        for score in cell.scores:
+          metrics, on = read_score(root, score)
+          values.update(metrics)
+          scored.append((f'{score.prefix} {score.kind}', on))
+      elif (old := previous_cell(previous, q, cell)) is not None:
+        values, old_on = old
+        scored = [(f'{s.prefix} {s.kind}', old_on.get(f'{s.prefix} {s.kind}'))
+                  for s in cell.scores]
+        carried.setdefault(cell.condition, []).append(cell.seed)
+      else:
         missing.append(f'{cell.condition} seed {cell.seed}')
         continue
-      for score in cell.scores:
-        metrics, on = read_score(root, score)
-        what = f'{score.prefix} {score.kind}'
-        first = evaluated_on.setdefault(what, (on, cell))
+      where = ' (previous report)' if cell.seed in carried.get(cell.condition, ()) else ''
+      for what, on in scored:
+        first = evaluated_on.setdefault(what, (on, f'{cell.condition} seed {cell.seed}{where}'))
         if first[0] != on:
           raise StudyError(
-              f'question {q.key!r}: {what!r} of {cell.condition} seed {cell.seed} was '
-              f'scored on {on!r}, but {first[1].condition} seed {first[1].seed} on '
-              f'{first[0]!r}: every run of a question must be evaluated on the same splits')
-        values.update(metrics)
+              f'question {q.key!r}: {what!r} of {cell.condition} seed {cell.seed}{where} was '
+              f'scored on {on!r}, but {first[1]} on {first[0]!r}: every run of a question must '
+              'be evaluated on the same splits')
       per_condition.setdefault(cell.condition, {})[cell.seed] = values
     conditions = []
     for name in dict.fromkeys(c.condition for c in q.cells):
       seeds = per_condition.get(name, {})
-      row = {'condition': name, 'seeds': sorted(seeds), 'metrics': {}}
+      row = {'condition': name, 'seeds': sorted(seeds), 'carried': carried.get(name, []),
+             'metrics': {}}
       for m in q.metrics:
         vals = [seeds[s][m] for s in sorted(seeds) if m in seeds[s]]
         if vals:
@@ -333,7 +385,9 @@ def render(results, *, header: str, readings: dict | None = None) -> str:
     lines.append('| --- | --- |' + ' ---: |' * len(r['metrics']))
     for row in r['conditions']:
       cells = [_cell(row['metrics'][m]) if m in row['metrics'] else '–' for m in r['metrics']]
-      lines.append(f'| {row["condition"]} | {len(row["seeds"])} | ' + ' | '.join(cells) + ' |')
+      seeds = str(len(row['seeds'])) + (f' ({len(row["carried"])} carried)'
+                                        if row.get('carried') else '')
+      lines.append(f'| {row["condition"]} | {seeds} | ' + ' | '.join(cells) + ' |')
     if r['comparisons']:
       lines += ['', f'Against `{r["reference"]}` (a finding: |difference| > the two seed '
                     'spreads added):', '', '| condition | metric | difference | spread | verdict |',

@@ -155,3 +155,50 @@ def test_default_grid():
   assert 'loss: softmax' not in {c.condition for c in by_key['binary'].cells}  # = labels: clusters
   with pytest.raises(ValueError, match="unknown questions \\['lables'\\]"):
     grid.get_study(questions=('lables',))
+
+
+def test_previous_report_stands_in_for_cells_not_run_here(tmp_path):
+  questions, jobs, expected = _grid(tmp_path, tmp_path / 'no-flag')
+  first = str(tmp_path / 'first')
+  seconds = study.run_jobs(first, study.collect_jobs(questions, jobs), cwd=REPO,
+                           log=lambda *_: None)
+  old = study.aggregate(first, questions)
+  # The earlier report did not finish blurred seed 1: only the other three cells are carried.
+  previous = {'results': old, 'commits': ['abc'],
+              'job_seconds': {k: v for k, v in seconds.items() if k != 'eval/blurred-s1'}}
+  root = str(tmp_path / 'grown')
+  own = study.without_carried(root, questions, previous)
+  assert [(c.condition, c.seed) for c in own[0].cells] == [('blurred', 1)]
+  assert study.carried_jobs(root, questions, previous) == previous['job_seconds']
+  r = study.aggregate(root, questions, previous)['q']
+  assert r['missing'] == ['blurred seed 1']
+  assert [(row['seeds'], row['carried']) for row in r['conditions']] == [([0, 1], [0, 1]),
+                                                                          ([0], [0])]
+  sharp = r['conditions'][0]['metrics']['tiny float R@1']['values']
+  np.testing.assert_allclose(sharp, [expected['sharp', s] for s in (0, 1)])
+
+  study.run_jobs(root, study.collect_jobs(own, jobs), cwd=REPO, log=lambda *_: None)
+  assert not (tmp_path / 'grown' / 'eval/sharp-s0').exists()  # Carried cells' jobs: not run.
+  grown = study.aggregate(root, questions, previous)
+  for new_row, old_row in zip(grown['q']['conditions'], old['q']['conditions']):
+    assert new_row['metrics'] == old_row['metrics'] and new_row['seeds'] == old_row['seeds']
+  assert grown['q']['comparisons'] == old['q']['comparisons']
+  assert '| blurred | 2 (1 carried) | ' in study.render(grown, header='# T')
+  # A cell done here is this study's own even where the earlier report has it too.
+  everything = dict(previous, job_seconds=seconds)
+  assert study.without_carried(root, questions, everything) == own
+  assert 'eval/blurred-s1' not in study.carried_jobs(root, questions, everything)
+
+  # A metric the earlier report recorded as a mean only is not taken as a seed's figure.
+  partial = json.loads(json.dumps(previous))
+  partial['results']['q']['conditions'][0]['metrics']['tiny float R@1']['values'] = [0.5]
+  assert 'tiny float R@1' not in study.previous_cell(partial, questions[0],
+                                                     questions[0].cells[0])[0]
+
+  # The fresh cell scored on another split than the carried ones: refused, naming the report.
+  q_file = json.loads((tmp_path / 'grown' / 'eval/blurred-s1/retrieval/retrieval.json')
+                      .read_text())['queries_file']
+  _write_embeddings(os.path.dirname(q_file), NOISE['blurred'], 1, split='val_query')
+  with pytest.raises(study.StudyError, match=r"of blurred seed 1 was scored on 'tiny:val_query"
+                                             r".*but sharp seed 0 \(previous report\) on"):
+    study.aggregate(root, questions, previous)
