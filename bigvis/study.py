@@ -300,7 +300,7 @@ def aggregate(root, questions, previous=None) -> dict:
     evaluated_on, per_condition, missing, carried = {}, {}, [], {}
     for cell in q.cells:
       if cell_done(root, cell):
-        values, scored = {}, []
+        values, scored, where = {}, [], ''
         for score in cell.scores:
           metrics, on = read_score(root, score)
           values.update(metrics)
@@ -310,10 +310,10 @@ def aggregate(root, questions, previous=None) -> dict:
         scored = [(f'{s.prefix} {s.kind}', old_on.get(f'{s.prefix} {s.kind}'))
                   for s in cell.scores]
         carried.setdefault(cell.condition, []).append(cell.seed)
+        where = ' (previous report)'
       else:
         missing.append(f'{cell.condition} seed {cell.seed}')
         continue
-      where = ' (previous report)' if cell.seed in carried.get(cell.condition, ()) else ''
       for what, on in scored:
         first = evaluated_on.setdefault(what, (on, f'{cell.condition} seed {cell.seed}{where}'))
         if first[0] != on:

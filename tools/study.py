@@ -54,9 +54,8 @@ def write_report(root, out, questions, args):
     path = fileio.join(root, job.name, 'job.json')
     if fileio.path(path).exists():
       markers[job.name] = json.loads(fileio.read_text(path))
-  carried = study.carried_jobs(root, questions, args.previous) if args.previous else {}
+  carried = study.carried_jobs(root, questions, args.previous)
   commits = sorted({m['commit'] for m in markers.values()})
-  old_commits = sorted(set(args.previous['commits']) - set(commits)) if carried else []
   last_report = fileio.join(out, 'study.json')
   if args.report_only and fileio.path(last_report).exists():  # Keep the command that ran the jobs.
     args.command = json.loads(fileio.read_text(last_report))['command']
@@ -83,7 +82,8 @@ def write_report(root, out, questions, args):
   fileio.write_text_atomic(fileio.join(out, 'STUDY.md'),
                            study.render(results, header=header, readings=_readings(out)))
   fileio.write_text_atomic(fileio.join(out, 'study.json'), json.dumps(dict(
-      command=args.command, machine=_machine(), commits=sorted(set(commits + old_commits)),
+      command=args.command, machine=_machine(),
+      commits=sorted(set(commits) | set(args.previous['commits'] if carried else ())),
       job_seconds={**carried, **{k: m['seconds'] for k, m in markers.items()}},
       seeds=args.seeds, scale=args.scale,
       results=results), indent=1) + '\n')
