@@ -7,7 +7,8 @@
 # What is missing there: the GPU image has jax, flax, optax, orbax-checkpoint, absl-py, etils,
 # cloudpickle, msgpack, numpy, pillow, protobuf, psutil, pyyaml, tqdm, ... (KINDS.md's package
 # list), but not ml_collections (bigvis.config), grain (bigvis.data, bigvis.checkpoint), grain's
-# array_record and portpicker. Versions are those of requirements.txt. Its python3 is 3.12 (KINDS.md,
+# array_record, portpicker and tensorboardX (bigvis.metrics); bigvis itself is built as a wheel.
+# Versions are those of requirements.txt. Its python3 is 3.12 (KINDS.md,
 # 2026-11), not this machine's 3.11: the compiled wheels (grain, array_record) come for both, and
 # pip picks the one that matches. protobuf is downloaded too but installed only when grain's
 # generated code refuses the protobuf found there (gpu.sh does that).
@@ -24,7 +25,8 @@ pin() {  # pin NAME -> NAME==VERSION from requirements.txt (fails when absent)
   [ -n "$line" ] || { echo "gpu_wheels.sh: $1 is not pinned in requirements.txt" >&2; exit 1; }
   echo "$line"
 }
-BASE=("$(pin grain)" "$(pin array-record)" "$(pin ml-collections)" "portpicker==1.6.0")
+BASE=("$(pin grain)" "$(pin array-record)" "$(pin ml-collections)" "portpicker==1.6.0"
+      "$(pin tensorboardX)")
 EXTRA=("$(pin protobuf)")
 
 rm -rf "$DIR"
@@ -37,6 +39,9 @@ for pv in $PYTHONS; do
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     -d "$DIR" "${BASE[@]}" "${EXTRA[@]}" 2> >(grep -v "is ignored: it is neither a file" >&2)
 done
+# bigvis itself as a wheel: gpu_train.sh imports bigvis.configs, which only the install maps.
+"$PY" -m pip wheel -q --disable-pip-version-check --no-deps -w "$DIR" . 2> >(grep -v "is ignored" >&2)
+rm -rf build
 printf '%s\n' "${BASE[@]}" > "$DIR/requirements.txt"
 printf '%s\n' "${EXTRA[@]}" > "$DIR/requirements-protobuf.txt"
 
