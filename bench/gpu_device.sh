@@ -11,7 +11,10 @@ set -uo pipefail
 OUTDIR=$(mkdir -p "${1:?OUTDIR}" && cd "$1" && pwd) || exit 2
 cd "$(dirname "$0")/.." || exit 2
 res=$(mktemp -d)
-pack() { tar -czf "$OUTDIR/gpu_results.tgz.tmp" -C "$res" . && mv "$OUTDIR/gpu_results.tgz.tmp" "$OUTDIR/gpu_results.tgz"; }
+pack() {  # Atomic: a cut-off run leaves the last whole archive.
+  tar -czf "$OUTDIR/gpu_results.tgz.tmp" -C "$res" . &&
+    mv "$OUTDIR/gpu_results.tgz.tmp" "$OUTDIR/gpu_results.tgz"
+}
 {
   W=bench/.gpu-wheels site=/tmp/bigvis-gpu-site
   echo "== $(date -u) installing $(tr '\n' ' ' <"$W/requirements.txt")+ bigvis"
@@ -20,7 +23,8 @@ pack() { tar -czf "$OUTDIR/gpu_results.tgz.tmp" -C "$res" . && mv "$OUTDIR/gpu_r
     "$W"/bigvis-*.whl || echo "wheel install failed"
   export PYTHONPATH="$site"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  python3 -c 'import jax, flax, optax, orbax.checkpoint as o; print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", optax.__version__)'
+  python3 -c 'import jax, flax, optax
+print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "optax", optax.__version__)'
   echo "== $(date -u) gpu.sh"
   GPU_BENCH_BUDGET=${GPU_BENCH_BUDGET:-330} bash bench/gpu.sh "$res/step"
   pack

@@ -645,6 +645,14 @@ def load_embeddings(path: str) -> dict:
   return {**arrays, "meta": meta}
 
 
+def head_accuracy(arrays: list, task: str) -> tuple:
+  """(accuracy, examples) of classifier `task` over loaded embeddings files (pred/<task> against
+  label/<task>, concatenated)."""
+  pred = np.concatenate([a[f"pred/{task}"] for a in arrays])
+  truth = np.concatenate([a[f"label/{task}"] for a in arrays])
+  return float(np.mean(pred == truth)), int(len(pred))
+
+
 class EmbeddingsWriter:
   """Writes an embeddings .npz batch by batch, in memory that does not grow with the row count.
 

@@ -242,9 +242,7 @@ def read_score(root, score: Score):
     metrics = {}
     for key in sorted(k for k in arrays[0] if k.startswith('pred/')):
       task = key.removeprefix('pred/')
-      pred = np.concatenate([a[key] for a in arrays])
-      truth = np.concatenate([a[f'label/{task}'] for a in arrays])
-      metrics[f'{p} {task} acc'] = float(np.mean(pred == truth))
+      metrics[f'{p} {task} acc'] = retrieval.head_accuracy(arrays, task)[0]
     return metrics, ' + '.join(_meta(f) for f in files)
   raise StudyError(f'score kind {score.kind!r}: choose retrieval, probe or heads')
 

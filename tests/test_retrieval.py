@@ -60,6 +60,13 @@ def test_metrics_by_hand():
     assert got[key] == pytest.approx(value), key
 
 
+def test_head_accuracy_pools_files_and_counts_examples():
+  a = {"pred/skin": np.array([0, 1, 2]), "label/skin": np.array([0, 1, 1])}
+  b = {"pred/skin": np.array([3]), "label/skin": np.array([3])}
+  assert retrieval.head_accuracy([a, b], "skin") == (0.75, 4)
+  assert retrieval.head_accuracy([a], "skin") == (pytest.approx(2 / 3), 3)
+
+
 def test_metric_functions_and_counts():
   labels = DB_LABELS[IDS]
   np.testing.assert_array_equal(retrieval.num_relevant(Q_LABELS, DB_LABELS), [3, 2, 1, 0, 0])

@@ -22,8 +22,6 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np
-
 from bigvis import fileio, retrieval
 
 QUERY_SPLIT, DATABASE_SPLIT = 'test_query', 'test_index'
@@ -34,15 +32,6 @@ def run_stage(name, cmd, timings):
   start = time.perf_counter()
   subprocess.run(cmd, cwd=REPO, check=True)
   timings[name] = round(time.perf_counter() - start, 1)
-
-
-def head_accuracy(npz_paths, task):
-  """(accuracy, examples) of classifier `task` on the embedded splits; in configs/finetune.py
-  each classifier task is named after its label field."""
-  arrays = [retrieval.load_embeddings(p) for p in npz_paths]
-  pred = np.concatenate([a[f'pred/{task}'] for a in arrays])
-  truth = np.concatenate([a[f'label/{task}'] for a in arrays])
-  return float(np.mean(pred == truth)), int(len(pred))
 
 
 def model_report(run_dir, timings, name):
@@ -75,7 +64,8 @@ def model_report(run_dir, timings, name):
     figures[f'{kind}_scann speed-up vs exact'] = (methods[f'{kind}_scann']['queries_per_sec']
                                                  / methods[f'{kind}_exact']['queries_per_sec'])
   for task in ('skin_tone', 'category'):
-    figures[f'{task} accuracy'], figures[f'{task} examples'] = head_accuracy([q, db], task)
+    figures[f'{task} accuracy'], figures[f'{task} examples'] = retrieval.head_accuracy(
+        [retrieval.load_embeddings(p) for p in (q, db)], task)
   return figures
 
 
