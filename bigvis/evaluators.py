@@ -49,6 +49,56 @@ def knn_accuracy(query_features, query_labels, index_features, index_labels, k, 
   return float(np.mean(votes.argmax(-1) == query_labels))
 
 
+# Classes ranked by training frequency: head holds the first half of the label assignments, tail
+# the last fifth (the long tail the paper clusters), torso what is between.
+BAND_SHARES = (('head', 0.5), ('torso', 0.8), ('tail', 1.0))
+
+
+def frequency_bands(multi_hot):
+  """{band: class ids} of the classes `multi_hot` [N, C] assigns at least once, by how many of
+  all assignments the classes more frequent than each hold (BAND_SHARES)."""
+  counts = multi_hot.sum(0, dtype=np.int64)
+  order = np.argsort(-counts, kind='stable')
+  order = order[counts[order] > 0]
+  before = (np.cumsum(counts[order]) - counts[order]) / max(int(counts.sum()), 1)
+  bands, start = {}, 0.0
+  for name, end in BAND_SHARES:
+    bands[name] = order[(before >= start) & (before < end)]
+    start = end
+  return bands
+
+
+def knn_band_precision(query_features, query_multi_hot, index_features, index_multi_hot, k,
+                       bands, chunk=256):
+  """Multi-label k-NN label transfer, per frequency band: each query's best guess among a band's
+  classes (the class most of its k cosine neighbours carry; ties to the nearer neighbour) is
+  right when the query carries it. precision@1 is over the queries that carry a class of the band,
+  so every model is scored on the same queries; a query whose neighbours carry none guesses wrong.
+  Returns {band: {'precision@1', 'queries', 'classes'}}."""
+  unit = lambda x: (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(
+      np.float32)
+  ids = search_without_self(unit(query_features), unit(index_features), k, 'dot', False)
+  weight = 1 + (k - np.arange(ids.shape[1])) / (k * (k + 1))  # < 1 in total: breaks ties only
+  bands = {name: np.asarray(classes, np.int64) for name, classes in bands.items()}
+  hits = {name: [] for name in bands}
+  for lo in range(0, len(ids), chunk):
+    votes = np.einsum('qkc,k->qc', index_multi_hot[ids[lo:lo + chunk]].astype(np.float32), weight)
+    truth = query_multi_hot[lo:lo + chunk].astype(bool)
+    rows = np.arange(len(truth))
+    for name, classes in bands.items():
+      if len(classes):
+        band_votes = votes[:, classes]
+        guess = classes[band_votes.argmax(1)]
+        right = (band_votes.max(1) > 0) & truth[rows, guess]
+        hits[name].append(right[truth[:, classes].any(1)])
+  out = {}
+  for name, classes in bands.items():
+    right = np.concatenate(hits[name]) if hits[name] else np.zeros(0, bool)
+    out[name] = {'precision@1': float(right.mean()) if len(right) else float('nan'),
+                 'queries': int(len(right)), 'classes': int(len(classes))}
+  return out
+
+
 class Evaluators:
   """The config's evaluators over one model; predictions per split are shared within a run."""
 

@@ -16,6 +16,7 @@ with `load_embeddings`) are .npz files, read without pickle:
     codes       uint8 [N, ceil(D/8)]   np.packbits(embedding > 0, axis=-1) (`binary_codes`)
     pooled      float32 [N, F]     optional: trunk features
     label/<f>   int32 [N]          ground-truth classes (negative: unknown, never relevant)
+                or uint8 [N, C]    0/1 rows of a list field (tools/embed.py --multi_hot)
     pred/<t>    int32 [N]          classifier predictions
     meta        0-d str            JSON {"corpus", "split", "checkpoint", "step", "task", ...}
 
@@ -594,7 +595,10 @@ def _check_embeddings(arrays: dict, meta, where: str) -> None:
     if not np.isfinite(pooled).all():
       bad("pooled", "has non-finite values")
   for key in arrays:
-    if _FIELD_RE.match(key):
+    if key.startswith("label/") and arrays[key].ndim == 2:
+      if check(key, np.uint8, (n, None)).max(initial=0) > 1:
+        bad(key, "multi-hot rows must be 0/1")
+    elif _FIELD_RE.match(key):
       check(key, np.int32, (n,))
 
   if meta is not None:

@@ -55,7 +55,8 @@ class Job:
 @dataclasses.dataclass(frozen=True)
 class Score:
   """Figures one job wrote: kind 'retrieval' (a tools/eval_retrieval.py folder), 'probe' (a
-  tools/probe.py folder) or 'heads' (embeddings files, comma-separated, with pred/<task>);
+  tools/probe.py folder: k-NN and linear accuracy, or per-band precision of a multi-label
+  field) or 'heads' (embeddings files, comma-separated, with pred/<task>);
   `path` is relative to the study root, `prefix` names its metrics ('emoji' -> 'emoji R@1')."""
   kind: str
   prefix: str
@@ -232,8 +233,12 @@ def read_score(root, score: Score):
     return metrics, on
   if score.kind == 'probe':
     r = _read_json(fileio.join(path, 'probe.json'))
-    metrics = {f'{p} {k}-NN': v for k, v in r['knn_accuracy'].items()}
-    metrics[f'{p} linear'] = r['linear_probe']['accuracy']
+    if 'band_precision' in r:  # A multi-label field, per frequency band.
+      metrics = {f'{p} {band} {k}-NN P@1': v['precision@1']
+                 for k, bands in r['band_precision'].items() for band, v in bands.items()}
+    else:
+      metrics = {f'{p} {k}-NN': v for k, v in r['knn_accuracy'].items()}
+      metrics[f'{p} linear'] = r['linear_probe']['accuracy']
     return metrics, (f'train {_meta(r["train_file"])}, test {_meta(r["test_file"])}, '
                      f'{r["features"]} features, label {r["label"]}')
   if score.kind == 'heads':

@@ -14,6 +14,8 @@ Nothing here was tuned on them: the recipes are the runlocal configs, shortened.
 
 Questions:
   labels    pretraining on mined clusters vs the raw mined vocabulary vs no pretraining
+  tail      the same pretrained trunks on the long tail of the mined vocabulary (k-NN label
+            transfer per frequency band) and probed on Fashion-MNIST
   backbone  ViT-Ti/16 vs ResNet-50 pretrained and fine-tuned at matched training FLOPs
   scale     10%, 30%, 100% of the pretraining corpus
   binary    binary vs float embeddings, exact and ScaNN, for every fine-tuned model above
@@ -26,10 +28,11 @@ from bigvis.study import Cell, Job, Question, Score
 # At scale 1 a pretraining job (train, embed, probe) took a median 2.8 minutes here, a fine-tuning
 # job (train, embed, evaluate) 1.4 (study/study.json: job_seconds; more while other work ran).
 PRETRAIN_STEPS, FINETUNE_STEPS = 300, 200
-QUESTIONS = ('labels', 'backbone', 'scale', 'binary', 'loss')  # As numbered in the report.
+QUESTIONS = ('labels', 'tail', 'backbone', 'scale', 'binary', 'loss')  # As in the report.
 # Jobs run question by question in this order; 'binary' scores the others' models, so it is last.
-RUN_ORDER = ('labels', 'loss', 'scale', 'backbone', 'binary')
+RUN_ORDER = ('labels', 'tail', 'loss', 'scale', 'backbone', 'binary')
 EMOJI, MINED, CLIPART = '{root}/data/emoji', '{root}/data/emoji_mined', '{root}/data/openclipart'
+FMNIST = '{root}/data/fashion_mnist'
 PROBE_PP = 'decode|resize(64)|value_range(-1,1)'
 
 
@@ -39,6 +42,7 @@ def data_jobs():
       Job('data/emoji_mined', (('{py}', 'tools/mine_labels.py', '--corpus', EMOJI, '--out', MINED,
                                 '--no_plots'),), deps=('data/emoji',)),
       Job('data/openclipart', (('{py}', 'tools/prepare.py', 'openclipart', '--out', CLIPART),)),
+      Job('data/fashion_mnist', (('{py}', 'tools/prepare.py', 'fashion_mnist', '--out', FMNIST),)),
   ]
 
 
@@ -60,7 +64,7 @@ def train_flops(variant):
                                   params, image)
 
 
-def pretrain_job(variant, labels, loss, fraction, seed, steps):
+def pretrain_job(variant, labels, loss, fraction, seed, steps, tail=False):
   name = f'pretrain/{variant.replace("/", "")}-{labels}-{loss}-f{fraction:g}-s{seed}-n{steps}'
   train = ['{py}', '-m', 'bigvis.train', '--config',
            f'configs/pretrain.py:runlocal,variant={variant},labels={labels}',
@@ -69,7 +73,8 @@ def pretrain_job(variant, labels, loss, fraction, seed, steps):
            f'--config.optimizer.warmup_steps={max(1, steps // 10)}',
            f'--config.tasks.labels.loss={loss}', f'--config.input.fraction={fraction}',
            '--workdir', '{job}']
-  return _with_probe(Job(name, (tuple(train),), deps=('data/emoji_mined', 'data/openclipart')))
+  job = _with_probe(Job(name, (tuple(train),), deps=('data/emoji_mined', 'data/openclipart')))
+  return _with_tail(job) if tail else job
 
 
 def random_init_job(variant, seed):
@@ -79,7 +84,7 @@ def random_init_job(variant, seed):
            f'configs/pretrain.py:runlocal,variant={variant}', f'--config.input.data_dir={MINED}',
            f'--config.seed={seed}', '--config.total_steps=1', '--config.optimizer.lr=0',
            '--config.checkpoint_every_steps=1', '--workdir', '{job}')
-  return _with_probe(Job(name, (train,), deps=('data/emoji_mined', 'data/openclipart')))
+  return _with_tail(_with_probe(Job(name, (train,), deps=('data/emoji_mined', 'data/openclipart'))))
 
 
 def _with_probe(job):
@@ -90,6 +95,26 @@ def _with_probe(job):
   probe = ('{py}', 'tools/probe.py', '--train', '{job}/clipart_train.npz',
            '--test', '{job}/clipart_test.npz', '--label', 'category', '--out', '{job}/probe')
   return Job(job.name, job.commands + embeds + (probe,), job.deps)
+
+
+def _with_tail(job):
+  """Adds: the frozen trunk's k-NN label transfer per frequency band of the mined vocabulary
+  (emoji train -> test_index), and k-NN + linear probe on Fashion-MNIST (fitted on its 5k
+  validation split, a slice of the shipped training set, scored on its test split)."""
+  emoji = tuple(('{py}', 'tools/embed.py', '--workdir', '{job}', '--corpus', MINED,
+                 '--split', split, '--features', 'pooled', '--pp', PROBE_PP,
+                 '--multi_hot', 'mined_labels', '--out', f'{{job}}/emoji_{split}.npz')
+                for split in ('train', 'test_index'))
+  tail = ('{py}', 'tools/probe.py', '--train', '{job}/emoji_train.npz',
+          '--test', '{job}/emoji_test_index.npz', '--label', 'mined_labels', '--ks', '10',
+          '--out', '{job}/tail')
+  fmnist = tuple(('{py}', 'tools/embed.py', '--workdir', '{job}', '--corpus', FMNIST,
+                  '--split', split, '--features', 'pooled', '--pp', PROBE_PP,
+                  '--out', f'{{job}}/fmnist_{split}.npz') for split in ('validation', 'test'))
+  probe = ('{py}', 'tools/probe.py', '--train', '{job}/fmnist_validation.npz',
+           '--test', '{job}/fmnist_test.npz', '--label', 'class', '--out', '{job}/fmnist_probe')
+  return Job(job.name, job.commands + emoji + (tail,) + fmnist + (probe,),
+             job.deps + ('data/fashion_mnist',))
 
 
 def finetune_job(variant, init_job, seed, steps):
@@ -133,8 +158,8 @@ def get_study(scale=1.0, seeds=3, questions=QUESTIONS):
                 'clipart linear')
 
   def pretrained(condition, seed, variant='Ti/16', labels='clusters', loss='softmax_xent',
-                 fraction=1.0, p=p_steps, f=f_steps):
-    pre = pretrain_job(variant, labels, loss, fraction, seed, p)
+                 fraction=1.0, p=p_steps, f=f_steps, tail=False):
+    pre = pretrain_job(variant, labels, loss, fraction, seed, p, tail)
     fine = finetune_job(variant, pre, seed, f)
     jobs.extend([pre, fine])
     return _cell(condition, seed, pre, fine)
@@ -146,8 +171,8 @@ def get_study(scale=1.0, seeds=3, questions=QUESTIONS):
 
   seed_list = range(seeds)
   out = []
-  labels_cells = ([pretrained('clusters', s) for s in seed_list]
-                  + [pretrained('vocab', s, labels='vocab') for s in seed_list]
+  labels_cells = ([pretrained('clusters', s, tail=True) for s in seed_list]
+                  + [pretrained('vocab', s, labels='vocab', tail=True) for s in seed_list]
                   + [scratch('none', s) for s in seed_list])
   if 'labels' in questions:
     out.append(Question(
@@ -157,6 +182,24 @@ def get_study(scale=1.0, seeds=3, questions=QUESTIONS):
                f'split\'s mined labels, then {f_steps} steps of multi-task fine-tuning on emoji '
                '(identity embedding, skin tone, category). `none` fine-tunes from a random init; '
                'its OpenClipArt probe is of the random trunk.')))
+  if 'tail' in questions:
+    cells = []
+    for c in labels_cells:
+      pre = c.jobs[0]
+      cells.append(Cell(c.condition, c.seed, (pre,),
+                        (Score('probe', 'emoji', f'{pre}/tail'),
+                         Score('probe', 'fmnist', f'{pre}/fmnist_probe'))))
+    out.append(Question(
+        'tail', '1b. Labels on the long tail, and transfer to Fashion-MNIST', tuple(cells),
+        ('emoji tail 10-NN P@1', 'emoji torso 10-NN P@1', 'emoji head 10-NN P@1', 'fmnist 10-NN',
+         'fmnist linear'), reference='clusters',
+        notes=('The pretrained trunks of question 1 (`none`: the random init), frozen. Tail: the '
+               'mined vocabulary\'s classes ranked by emoji-train frequency into head (the first '
+               'half of the label assignments), torso and tail (the last fifth); for each emoji '
+               'test_index image that carries a class of a band, its 10 nearest emoji-train '
+               'images (pooled features, cosine) vote, and precision@1 is whether the band\'s '
+               'most voted class is one of its labels. Fashion-MNIST: k-NN and linear probe '
+               'fitted on its 5k validation split, scored on the 10k test split.')))
   if 'backbone' in questions:
     ratio = train_flops('Ti/16') / train_flops('resnet50')
     rp, rf = max(1, round(p_steps * ratio)), max(1, round(f_steps * ratio))
@@ -195,7 +238,8 @@ def get_study(scale=1.0, seeds=3, questions=QUESTIONS):
     models = {}
     for q in out or [Question('labels', '', tuple(labels_cells), ())]:
       for c in q.cells:
-        models.setdefault(c.jobs, (f'{q.key}: {c.condition}', c))
+        if any(s.kind == 'retrieval' for s in c.scores):  # A fine-tuned model.
+          models.setdefault(c.jobs, (f'{q.key}: {c.condition}', c))
     cells = tuple(Cell(name, c.seed, c.jobs, tuple(s for s in c.scores if s.kind == 'retrieval'))
                   for name, c in models.values())
     metrics = ('emoji float R@1', 'emoji binary R@1', 'emoji float ScaNN R@1',

@@ -2,6 +2,7 @@
 each cell's job runs the real tools/eval_retrieval.py on embeddings of a known quality."""
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -148,11 +149,19 @@ def test_default_grid():
   assert len(resnet) == 3
   assert all(f'-n{round(grid.PRETRAIN_STEPS * ratio)}' in j.name for j in resnet)
   # Binary vs float covers every fine-tuned model of the other questions, each once.
-  finetuned = {c.jobs for q in questions if q.key != 'binary' for c in q.cells}
+  finetuned = {c.jobs for q in questions if q.key != 'binary' for c in q.cells
+               if any(score.kind == 'retrieval' for score in c.scores)}
   binary = [c.jobs for c in by_key['binary'].cells]
   assert len(binary) == len(set(binary)) and set(binary) == finetuned
   assert {c.condition for c in by_key['binary'].cells} >= {'labels: clusters', 'loss: sigmoid'}
   assert 'loss: softmax' not in {c.condition for c in by_key['binary'].cells}  # = labels: clusters
+  # The tail question scores question 1's pretrained trunks; only those run its extra commands.
+  labels_pretrain = {c.jobs[0] for c in by_key['labels'].cells}
+  assert {c.jobs for c in by_key['tail'].cells} == {(j,) for j in labels_pretrain}
+  with_tail = {j.name for j in ordered
+               if any('--multi_hot' in cmd for cmd in j.commands)}
+  assert with_tail == labels_pretrain
+  assert all('data/fashion_mnist' in j.deps for j in ordered if j.name in with_tail)
   with pytest.raises(ValueError, match="unknown questions \\['lables'\\]"):
     grid.get_study(questions=('lables',))
 
@@ -164,7 +173,7 @@ def test_previous_report_stands_in_for_cells_not_run_here(tmp_path):
                            log=lambda *_: None)
   old = study.aggregate(first, questions)
   # The earlier report did not finish blurred seed 1: only the other three cells are carried.
-  previous = {'results': old, 'commits': ['abc'],
+  previous = {'results': old, 'commits': ['abc'], 'machine': 'elsewhere',
               'job_seconds': {k: v for k, v in seconds.items() if k != 'eval/blurred-s1'}}
   root = str(tmp_path / 'grown')
   own = study.without_carried(root, questions, previous)
@@ -184,6 +193,21 @@ def test_previous_report_stands_in_for_cells_not_run_here(tmp_path):
     assert new_row['metrics'] == old_row['metrics'] and new_row['seeds'] == old_row['seeds']
   assert grown['q']['comparisons'] == old['q']['comparisons']
   assert '| blurred | 2 (1 carried) | ' in study.render(grown, header='# T')
+  # The written report: the carried jobs' seconds beside this root's own, both reports' commits.
+  from bigvis.tools import study as study_tool
+  out = tmp_path / 'report'
+  args = types.SimpleNamespace(previous=previous, previous_path='old/study.json', jobs=jobs,
+                               report_only=False, command='python tools/study.py', seeds=2,
+                               scale=1.0)
+  study_tool.write_report(root, str(out), questions, args)
+  written = json.loads((out / 'study.json').read_text())
+  own_seconds = json.loads((tmp_path / 'grown' / 'eval/blurred-s1/job.json').read_text())
+  assert written['job_seconds'] == {**previous['job_seconds'],
+                                    'eval/blurred-s1': own_seconds['seconds']}
+  assert written['commits'] == sorted({'abc', own_seconds['commit']})
+  header = (out / 'STUDY.md').read_text()
+  assert 'jobs finished: 1 of 1' in header and 'the cells of 3 jobs' in header
+  assert '`--previous old/study.json`, git HEAD abc' in header
   # A cell done here is this study's own even where the earlier report has it too.
   everything = dict(previous, job_seconds=seconds)
   assert study.without_carried(root, questions, everything) == own
@@ -202,3 +226,31 @@ def test_previous_report_stands_in_for_cells_not_run_here(tmp_path):
   with pytest.raises(study.StudyError, match=r"of blurred seed 1 was scored on 'tiny:val_query"
                                              r".*but sharp seed 0 \(previous report\) on"):
     study.aggregate(root, questions, previous)
+
+
+def test_a_multi_label_probe_is_read_per_band(tmp_path):
+  """tools/probe.py on multi-hot labels (as embed.py --multi_hot writes them) -> the study's
+  per-band metrics, with the splits they were scored on."""
+  from bigvis.tools import probe as probe_tool
+  rng = np.random.default_rng(0)
+  files = {}
+  for split, n in (('train', 60), ('test_index', 20)):
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    tags = (rng.random((n, 12)) < np.linspace(0.6, 0.05, 12)).astype(np.uint8)
+    files[split] = str(tmp_path / f'{split}.npz')
+    arrays = {'id': np.array([f'{split}{i}' for i in range(n)]),
+              'index': np.arange(n, dtype=np.int64), 'embedding': x,
+              'codes': retrieval.binary_codes(x), 'pooled': x, 'label/tags': tags}
+    meta = {'corpus': '/data/emoji_mined', 'split': split, 'checkpoint': '/ck', 'step': 1,
+            'task': '', 'features': 'pooled'}
+    retrieval.save_embeddings(files[split], arrays, meta)
+  with pytest.raises(ValueError, match='multi-hot rows must be 0/1'):
+    retrieval.save_embeddings(str(tmp_path / 'bad.npz'), {**arrays, 'label/tags': 2 * tags}, meta)
+  report = probe_tool.main(['--train', files['train'], '--test', files['test_index'],
+                            '--label', 'tags', '--ks', '3', '--out', str(tmp_path / 'tail')])
+  metrics, on = study.read_score(str(tmp_path), study.Score('probe', 'emoji', 'tail'))
+  assert metrics == {f'emoji {band} 3-NN P@1': v['precision@1']
+                     for band, v in report['band_precision'][3].items()}
+  assert set(metrics) == {'emoji head 3-NN P@1', 'emoji torso 3-NN P@1', 'emoji tail 3-NN P@1'}
+  assert on == 'train emoji_mined:train, test emoji_mined:test_index, pooled features, label tags'

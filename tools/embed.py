@@ -36,20 +36,30 @@ from bigvis import inference
 from bigvis import records, retrieval, runs, sharding
 
 
-def class_fields(corpus, config):
-  """Integer ground-truth fields to save as label/<field>: those the corpus card names classes
-  for, or, for a corpus without a card, those the run's class tasks trained on."""
+def class_fields(corpus, config, multi_hot=()):
+  """Ground-truth fields to save as label/<field>: the integer fields the corpus card names
+  classes for (or, for a corpus without a card, those the run's class tasks trained on), and the
+  list fields named in `multi_hot` as [N, classes] 0/1 rows (opt-in: a vocabulary is wide)."""
   if not fileio.path(fileio.join(corpus, corpora.writer.CARD_JSON)).exists():
+    if multi_hot:
+      raise ValueError(f'{corpus}: no dataset card, so no class list for {list(multi_hot)}')
     return {t.label_field: ('class', t.num_classes) for t in config.tasks.values()
             if t.head != 'multilabel'}
   card = corpora.read_card(corpus)
   kinds = card.get('fields', {}).get('labels', {})
-  return {f: ('class', len(names)) for f, names in card.get('label_names', {}).items()
-          if kinds.get(f, {}).get('kind') == 'int'}
+  names = card.get('label_names', {})
+  out = {f: ('class', len(n)) for f, n in names.items() if kinds.get(f, {}).get('kind') == 'int'}
+  for f in multi_hot:
+    if f not in names or kinds.get(f, {}).get('kind') == 'int':
+      lists = sorted(k for k in names if kinds.get(k, {}).get('kind') != 'int')
+      raise ValueError(f'--multi_hot {f!r}: not a list label field with classes in the card of '
+                       f'{corpus}; those are {lists}')
+    out[f] = ('multi_hot', len(names[f]))
+  return out
 
 
 def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_size=256,
-          features='auto', num_shards=0, process_index=None, process_count=None):
+          features='auto', num_shards=0, process_index=None, process_count=None, multi_hot=()):
   """Embeds `split` into `out` batch by batch (memory does not grow with the split); returns
   (rows, meta).
 
@@ -70,7 +80,7 @@ def embed(workdir, corpus, split, out, *, step=None, task=None, pp=None, batch_s
   features, task = runs.resolve_features(config, features, task)
   pp = pp or runs.default_pp(config)
   paths = records.shard_paths(corpus, split)
-  labels = class_fields(corpus, config)
+  labels = class_fields(corpus, config, multi_hot)
 
   # A set's shards are embedded by each process alone, on its own devices.
   devices = jax.local_devices() if num_shards else None
@@ -124,7 +134,8 @@ def _arrays(batch, features, task, classifiers):
   arrays = {'id': batch['id'], 'index': batch['index'].astype(np.int64),
             'embedding': embedding, 'codes': retrieval.binary_codes(embedding),
             'pooled': batch['pooled'].astype(np.float32)}
-  arrays.update({k: v.astype(np.int32) for k, v in batch.items() if k.startswith('label/')})
+  arrays.update({k: v.astype(np.uint8 if v.ndim == 2 else np.int32)  # 2-D: multi-hot rows
+                 for k, v in batch.items() if k.startswith('label/')})
   arrays.update({f'pred/{name}': batch[f'logits/{name}'].argmax(-1).astype(np.int32)
                  for name in classifiers})
   return arrays
@@ -143,6 +154,9 @@ def main(argv=None):
                       "run), 'auto' (the head if the run has one)")
   p.add_argument('--pp', default=None, help="preprocessing (default: the run's eval pp)")
   p.add_argument('--batch_size', type=int, default=256)
+  p.add_argument('--multi_hot', default='',
+                 help='comma-separated list label fields (e.g. mined_labels) to save as multi-hot '
+                      'label/<field> rows, for tools/probe.py on tail labels')
   p.add_argument('--num_shards', type=int, default=0,
                  help='> 0: --out is an embeddings set folder of this many shards, resumable, '
                       'written by every process started alike (--process_index/--process_count, '
@@ -157,7 +171,8 @@ def main(argv=None):
       os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     rows, meta = embed(a.workdir, a.corpus, a.split, a.out, step=a.step, task=a.task, pp=a.pp,
                        batch_size=a.batch_size, features=a.features, num_shards=a.num_shards,
-                       process_index=a.process_index, process_count=a.process_count)
+                       process_index=a.process_index, process_count=a.process_count,
+                       multi_hot=tuple(f for f in a.multi_hot.split(',') if f))
   except (OSError, ValueError, config_lib.ConfigError, records.RecordError) as e:
     sys.exit(f'embed.py: error: {e}')
   print(json.dumps({'out': a.out, 'records': rows, **meta}, indent=1))

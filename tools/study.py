@@ -76,7 +76,8 @@ def write_report(root, out, questions, args):
          'not repeat; the seeds column counts them'] if carried else []),
       f'- seeds per cell: {args.seeds}; scale {args.scale:g}; spread = population std over '
       'seeds; a difference is a **finding** only where it exceeds the two spreads added.',
-      '- every figure is on a held-out split (emoji test, OpenClipArt test); nothing was '
+      '- every figure is on a held-out split (emoji test, OpenClipArt test, Fashion-MNIST '
+      'test); nothing was '
       'chosen on them.'])
   fileio.path(out).mkdir(parents=True, exist_ok=True)
   fileio.write_text_atomic(fileio.join(out, 'STUDY.md'),
