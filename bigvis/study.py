@@ -137,8 +137,11 @@ def job_done(root, job) -> bool:
   return True
 
 
-def run_jobs(root, jobs, *, dry_run=False, log=print, cwd=None, env=None, after_job=None):
+def run_jobs(root, jobs, *, dry_run=False, log=print, cwd=None, env=None, after_job=None,
+             report_dir=None):
   """Runs every job not yet done, in order; returns {name: seconds} of the jobs run now.
+  report_dir: where after_job writes the report; its edits do not count as uncommitted changes
+  in the commit each job records.
 
   A failing command raises StudyError naming the job and its log file; jobs done before it
   keep their markers, so running again resumes at the failed job."""
@@ -183,7 +186,7 @@ def run_jobs(root, jobs, *, dry_run=False, log=print, cwd=None, env=None, after_
       fileio.write_text_atomic(_marker(root, job.name), json.dumps(dict(
           commands=[list(c) for c in job.commands], seconds=seconds[job.name],
           command_seconds=command_seconds,
-          commit=git_commit(cwd), finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())),
+          commit=git_commit(cwd, ignore=report_dir), finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())),
           indent=1) + '\n')
       bar.update(1)
       if after_job:
@@ -193,12 +196,16 @@ def run_jobs(root, jobs, *, dry_run=False, log=print, cwd=None, env=None, after_
   return seconds
 
 
-def git_commit(cwd=None) -> str:
+def git_commit(cwd=None, ignore=None) -> str:
+  """HEAD, '+changes' when tracked files differ from it (other than under the folder `ignore`)."""
   try:
     out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=cwd, capture_output=True,
                          text=True, check=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=cwd,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    exclude = [f':(exclude){os.path.abspath(ignore)}'] if ignore and not fileio.is_remote(
+        ignore) else []
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.',
+                            *exclude], cwd=cwd, capture_output=True, text=True,
+                           check=True).stdout.strip()
     return out + ('+changes' if dirty else '')
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'

@@ -254,3 +254,22 @@ def test_a_multi_label_probe_is_read_per_band(tmp_path):
                      for band, v in report['band_precision'][3].items()}
   assert set(metrics) == {'emoji head 3-NN P@1', 'emoji torso 3-NN P@1', 'emoji tail 3-NN P@1'}
   assert on == 'train emoji_mined:train, test emoji_mined:test_index, pooled features, label tags'
+
+
+def test_the_commit_a_job_records_ignores_the_reports_own_edits(tmp_path):
+  import subprocess
+  git = lambda *a: subprocess.run(['git', '-C', str(tmp_path), *a], check=True,
+                                  capture_output=True)
+  git('init', '-q')
+  (tmp_path / 'report').mkdir()
+  (tmp_path / 'report' / 'STUDY.md').write_text('old')
+  (tmp_path / 'code.py').write_text('x = 1')
+  git('add', '.')
+  git('-c', 'user.email=a@b', '-c', 'user.name=a', 'commit', '-qm', 'c')
+  head = study.git_commit(str(tmp_path))
+  assert not head.endswith('+changes')
+  (tmp_path / 'report' / 'STUDY.md').write_text('rewritten after a job')
+  assert study.git_commit(str(tmp_path)) == head + '+changes'
+  assert study.git_commit(str(tmp_path), ignore=str(tmp_path / 'report')) == head
+  (tmp_path / 'code.py').write_text('x = 2')
+  assert study.git_commit(str(tmp_path), ignore=str(tmp_path / 'report')) == head + '+changes'

@@ -3,7 +3,7 @@
   prepare -> mine labels -> pretrain (weak labels) -> fine-tune (multi-task) -> embed -> ScaNN
   index -> retrieval eval, and the same fine-tuning recipe from scratch as the baseline.
 
-  python tools/demo.py --workdir runs/demo [--pretrain_steps 600 --finetune_steps 400]
+  python tools/demo.py --workdir runs/demo [--pretrain_steps 1200 --finetune_steps 400]
   python tools/demo.py --workdir runs/demo_seeds --seeds 0,1,2   # the seed spread (~3x longer)
 
 Each stage is the command a user would type (printed before it runs). The report, every figure
@@ -101,6 +101,11 @@ def verdict(row):
   return '**finding**: ' + ('fine-tuned higher' if row['lead'] > 0 else 'scratch higher')
 
 
+def seed_dir(workdir, seeds, seed):
+  """Where `seed`'s runs go: WORKDIR itself for a single seed (as before seeds), else seed_N."""
+  return workdir if len(seeds) == 1 else os.path.join(workdir, f'seed_{seed}')
+
+
 def parse_seeds(text):
   try:
     seeds = [int(s) for s in text.split(',')]
@@ -128,7 +133,7 @@ def main(argv=None):
 
   per_seed = {}
   for seed in a.seeds:
-    d = w if len(a.seeds) == 1 else os.path.join(w, f'seed_{seed}')
+    d = seed_dir(w, a.seeds, seed)
     tag = '' if len(a.seeds) == 1 else f'seed {seed}: '
 
     def train(name, config, data_dir, steps):
@@ -167,8 +172,8 @@ def main(argv=None):
   table = render(report)
   fileio.write_text_atomic(os.path.join(w, 'report.md'), table)
   print('\n' + table)
-  examples = os.path.join(w if len(a.seeds) == 1 else os.path.join(w, f'seed_{a.seeds[0]}'),
-                          'finetune', 'retrieval', 'examples.png')
+  examples = os.path.join(seed_dir(w, a.seeds, a.seeds[0]), 'finetune', 'retrieval',
+                          'examples.png')
   print(f'Report: {os.path.join(w, "report.json")} (and report.md); retrieval examples: '
         f'{examples}')
 

@@ -125,7 +125,7 @@ def main(argv=None):
     # Runs of one shape compile the same programs: JAX's persistent cache compiles each once.
     env = dict(os.environ)
     env.setdefault('JAX_COMPILATION_CACHE_DIR', fileio.join(a.root, 'jax_cache'))
-    study.run_jobs(a.root, jobs, cwd=REPO, env=env, after_job=report)
+    study.run_jobs(a.root, jobs, cwd=REPO, env=env, after_job=report, report_dir=a.out)
   write_report(a.root, a.out, questions, a)
   print(f'Report: {fileio.join(a.out, "STUDY.md")} (and study.json, study_*.png)')
 
