@@ -186,7 +186,8 @@ def run_jobs(root, jobs, *, dry_run=False, log=print, cwd=None, env=None, after_
       fileio.write_text_atomic(_marker(root, job.name), json.dumps(dict(
           commands=[list(c) for c in job.commands], seconds=seconds[job.name],
           command_seconds=command_seconds,
-          commit=git_commit(cwd, ignore=report_dir), finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())),
+          commit=git_commit(cwd, ignore=report_dir),
+          finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())),
           indent=1) + '\n')
       bar.update(1)
       if after_job:
