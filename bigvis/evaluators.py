@@ -36,11 +36,13 @@ def search_without_self(queries, database, k, metric, same_split):
   return np.take_along_axis(ids, order, axis=1)
 
 
+def _unit(x):
+  return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def knn_accuracy(query_features, query_labels, index_features, index_labels, k, same_split=False):
   """k-NN by cosine similarity, majority vote; a tie goes to the class of the nearest among them."""
-  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-  ids = search_without_self(unit(query_features).astype(np.float32),
-                            unit(index_features).astype(np.float32), k, 'dot', same_split)
+  ids = search_without_self(_unit(query_features), _unit(index_features), k, 'dot', same_split)
   neighbours = index_labels[ids]  # [Q, k], nearest first
   num_classes = int(max(index_labels.max(), query_labels.max())) + 1
   votes = np.zeros((len(ids), num_classes))
@@ -75,9 +77,7 @@ def knn_band_precision(query_features, query_multi_hot, index_features, index_mu
   right when the query carries it. precision@1 is over the queries that carry a class of the band,
   so every model is scored on the same queries; a query whose neighbours carry none guesses wrong.
   Returns {band: {'precision@1', 'queries', 'classes'}}."""
-  unit = lambda x: (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(
-      np.float32)
-  ids = search_without_self(unit(query_features), unit(index_features), k, 'dot', False)
+  ids = search_without_self(_unit(query_features), _unit(index_features), k, 'dot', False)
   weight = 1 + (k - np.arange(ids.shape[1])) / (k * (k + 1))  # < 1 in total: breaks ties only
   bands = {name: np.asarray(classes, np.int64) for name, classes in bands.items()}
   hits = {name: [] for name in bands}

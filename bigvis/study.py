@@ -260,7 +260,8 @@ def read_score(root, score: Score):
   raise StudyError(f'score kind {score.kind!r}: choose retrieval, probe or heads')
 
 
-def _spread(values):
+def seed_spread(values):
+  """Population std over seeds; NaN for one seed (no spread to compare with)."""
   return statistics.pstdev(values) if len(values) > 1 else float('nan')
 
 
@@ -341,15 +342,15 @@ def aggregate(root, questions, previous=None) -> dict:
       for m in q.metrics:
         vals = [seeds[s][m] for s in sorted(seeds) if m in seeds[s]]
         if vals:
-          row['metrics'][m] = {'mean': statistics.fmean(vals), 'std': _spread(vals),
+          row['metrics'][m] = {'mean': statistics.fmean(vals), 'std': seed_spread(vals),
                                'values': vals}
       row['paired'] = {}
       for a, b in q.paired:
         diffs = [seeds[s][a] - seeds[s][b] for s in sorted(seeds) if a in seeds[s] and b in seeds[s]]
         if diffs:
-          mean, std = statistics.fmean(diffs), _spread(diffs)
+          mean, std = statistics.fmean(diffs), seed_spread(diffs)
           row['paired'][f'{a} - {b}'] = {'mean': mean, 'std': std, 'values': diffs,
-                                         'finding': _finding(mean, std)}
+                                         'finding': is_finding(mean, std)}
       conditions.append(row)
     comparisons = []
     ref = next((r for r in conditions if r['condition'] == q.reference), None)
@@ -362,7 +363,7 @@ def aggregate(root, questions, previous=None) -> dict:
           delta, spread = a['mean'] - b['mean'], a['std'] + b['std']
           comparisons.append({'condition': row['condition'], 'reference': q.reference,
                               'metric': m, 'delta': delta, 'spread': spread,
-                              'finding': _finding(delta, spread)})
+                              'finding': is_finding(delta, spread)})
     out[q.key] = {'title': q.title, 'notes': q.notes, 'metrics': list(q.metrics),
                   'reference': q.reference,
                   'evaluated_on': {p: on for p, (on, _) in evaluated_on.items()},
@@ -370,7 +371,8 @@ def aggregate(root, questions, previous=None) -> dict:
   return out
 
 
-def _finding(delta, spread):
+def is_finding(delta, spread):
+  """A difference is a finding only where its size exceeds the spread (the seed stds added)."""
   return bool(spread == spread and abs(delta) > spread)  # spread NaN (one seed): never
 
 

@@ -27,7 +27,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from bigvis import fileio, retrieval
+from bigvis import fileio, retrieval, study
 
 QUERY_SPLIT, DATABASE_SPLIT = 'test_query', 'test_index'
 # The figures the seed summary compares (higher is better for each).
@@ -87,10 +87,10 @@ def seed_summary(per_seed):
     for model in ('finetuned', 'scratch'):
       values = [per_seed[s][model][name] for s in sorted(per_seed)]
       row[model] = {'mean': statistics.fmean(values), 'values': values,
-                    'std': statistics.pstdev(values) if len(values) > 1 else float('nan')}
+                    'std': study.seed_spread(values)}
     row['lead'] = row['finetuned']['mean'] - row['scratch']['mean']
     row['spread'] = row['finetuned']['std'] + row['scratch']['std']
-    row['finding'] = bool(row['spread'] == row['spread'] and abs(row['lead']) > row['spread'])
+    row['finding'] = study.is_finding(row['lead'], row['spread'])
     out[name] = row
   return out
 

@@ -48,10 +48,11 @@ def class_fields(corpus, config, multi_hot=()):
   card = corpora.read_card(corpus)
   kinds = card.get('fields', {}).get('labels', {})
   names = card.get('label_names', {})
-  out = {f: ('class', len(n)) for f, n in names.items() if kinds.get(f, {}).get('kind') == 'int'}
+  is_int = lambda f: kinds.get(f, {}).get('kind') == 'int'
+  out = {f: ('class', len(n)) for f, n in names.items() if is_int(f)}
   for f in multi_hot:
-    if f not in names or kinds.get(f, {}).get('kind') == 'int':
-      lists = sorted(k for k in names if kinds.get(k, {}).get('kind') != 'int')
+    if f not in names or is_int(f):
+      lists = sorted(k for k in names if not is_int(k))
       raise ValueError(f'--multi_hot {f!r}: not a list label field with classes in the card of '
                        f'{corpus}; those are {lists}')
     out[f] = ('multi_hot', len(names[f]))
