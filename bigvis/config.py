@@ -39,6 +39,7 @@ def source(data_dir, *, split='train', weight=1.0, labels=(), pp=''):
                                         labels=tuple(labels), pp=pp))
 
 
+MIX_MODES = ('weight', 'records')  # input.mix
 EVAL_KINDS = ('classification', 'retrieval', 'knn', 'linear_probe')
 NONFINITE_POLICIES = ('skip', 'stop')
 HOST_TUNING = ('auto', 'on', 'off')  # bigvis.cpu_tuning.MODES
@@ -105,6 +106,9 @@ def defaults():
       # Several corpora at once: name -> source(...). Then data_dir and split must be '' (the
       # sources name them) and every evaluator names its data_dir.
       sources=ml_collections.ConfigDict(),
+      # How the sources' weights mix them: 'weight' as given; 'records' times the records of
+      # each source's split, so weights of 1 sample every record alike, as one pooled corpus.
+      mix='weight',
   ))
   c.model = ml_collections.ConfigDict(dict(
       name='vit', variant='B/16', pool_type='tok', posemb='learn', dtype='float32', remat=False,
@@ -247,6 +251,8 @@ def _check_sources(config):
     if not config.input.data_dir:
       raise ConfigError('input.data_dir is empty and input.sources names no corpora')
     return
+  if config.input.mix not in MIX_MODES:
+    raise ConfigError(f'input.mix={config.input.mix!r}: choose from {list(MIX_MODES)}')
   if config.input.fraction != 1:
     raise ConfigError(f'input.fraction={config.input.fraction} applies to one corpus; with '
                       f'input.sources, subset the corpora when preparing them')

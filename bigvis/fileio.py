@@ -139,11 +139,12 @@ def scratch_dir(target) -> str:
 
 
 def upload_dir(local_dir, target_dir, *, last, remove_stale=False) -> None:
-  """Copies the tree under `local_dir` into the bucket folder `target_dir`, the file named `last`
-  after all others: a reader that finds `last` (a manifest, a dataset card) finds the rest. With
-  `remove_stale`, objects under `target_dir` that `local_dir` lacks are deleted afterwards."""
+  """Copies the tree under `local_dir` into the bucket folder `target_dir`, the files named `last`
+  (in any subfolder) after all others: a reader that finds `last` (a manifest, a dataset card)
+  finds the rest. With `remove_stale`, objects under `target_dir` that `local_dir` lacks are
+  deleted afterwards."""
   names = sorted((os.path.relpath(os.path.join(d, f), local_dir) for d, _, fs in os.walk(local_dir)
-                  for f in fs), key=lambda n: (n == last, n))
+                  for f in fs), key=lambda n: (os.path.basename(n) == last, n))
   dest = path(target_dir)
   for name in names:
     (dest / name).parent.mkdir(parents=True, exist_ok=True)

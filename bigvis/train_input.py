@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import grain
+
 from bigvis import config as config_lib, corpora, data, fileio, records
 
 
@@ -35,6 +37,10 @@ def read_card(data_dir: str) -> dict | None:
         f'{data_dir}: the last prepare failed (card status {card.get("status")!r}: '
         f'{card.get("error", "")}); prepare it again')
   return card
+
+
+def _num_records(paths) -> int:
+  return len(grain.sources.ArrayRecordDataSource(list(paths)))
 
 
 def resolve(config) -> list[Source]:
@@ -63,8 +69,10 @@ def resolve(config) -> list[Source]:
                                    f'fields it gives in {where}.labels')
     else:
       fields = tuple(f for f in task_fields if f in listed)
-    out.append(Source(name, src.data_dir, src.split, src.weight, src.pp or config.input.pp,
-                      tuple(records.shard_paths(src.data_dir, src.split)), card, fields))
+    paths = tuple(records.shard_paths(src.data_dir, src.split))
+    weight = src.weight * (_num_records(paths) if config.input.mix == 'records' else 1)
+    out.append(Source(name, src.data_dir, src.split, weight, src.pp or config.input.pp, paths,
+                      card, fields))
   for name, t in config.tasks.items():
     if not any(t.label_field in s.fields for s in out):
       raise config_lib.ConfigError(

@@ -13,8 +13,15 @@ Run (about 4 minutes on a 2-core CPU):
   python -m bigvis.train --config configs/pretrain.py:runlocal --workdir runs/pretrain
 Full size:
   python -m bigvis.train --config configs/pretrain.py:variant=B/16 --workdir gs://.../pretrain
+Corpora mixed (data=emoji+openclipart): mine them jointly, so that their labels are one class
+list, then train on both train splits, every record sampled alike as from one pooled corpus
+(input.mix='records'; 'weight' mixes by input.sources.NAME.weight alone):
+  python tools/mine_labels.py --corpus runs/data/emoji runs/data/openclipart \\
+      --out runs/data/emoji+openclipart_mined --exclude_names_of folder
+  python -m bigvis.train --config configs/pretrain.py:runlocal,data=emoji+openclipart \\
+      --workdir runs/pretrain_mixed
 Args: variant (ViT Ti/16 .. g/14 at any patch, or resnet50, resnext50_32x4d), data (emoji |
-openclipart | shapes), labels (clusters | vocab), runlocal.
+openclipart | shapes, or corpora joined by '+'), labels (clusters | vocab), runlocal.
 """
 from bigvis import config as config_lib
 from bigvis import synthetic
@@ -30,8 +37,18 @@ def get_config(arg=None):
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
 
+  corpora = arg.data.split('+')
+  if unknown := sorted(set(corpora) - {'emoji', 'openclipart', 'shapes'}):
+    raise ValueError(f'data={arg.data!r}: {unknown} unknown; choose emoji, openclipart or shapes '
+                     "(several mined ones joined by '+')")
   c.input.data_dir = f'runs/data/{arg.data}' if arg.data == 'shapes' else f'runs/data/{arg.data}_mined'
   c.input.split = 'train'
+  if len(corpora) > 1:
+    if 'shapes' in corpora:
+      raise ValueError(f'data={arg.data!r}: shapes has no mined labels to mix')
+    c.input.data_dir, c.input.split, c.input.mix = '', '', 'records'
+    for name in corpora:  # Their copies under the joint mining's output (tools/mine_labels.py).
+      c.input.sources[name] = config_lib.source(f'runs/data/{arg.data}_mined/{name}')
   c.input.pp = 'decode|random_resized_crop(224, scale=(0.5, 1.0))|flip_lr|value_range(-1,1)'
   c.input.worker_count = 8
 
@@ -46,14 +63,12 @@ def get_config(arg=None):
   if arg.data == 'shapes':
     # tools/make_synthetic.py writes no dataset card: the class count comes from the module.
     c.tasks.labels = config_lib.task('multilabel', 'tags', synthetic.NUM_TAGS, loss='softmax_xent')
-  elif arg.data in ('emoji', 'openclipart'):
+  else:
     fields = {'clusters': 'mined_clusters', 'vocab': 'mined_labels'}
     if arg.labels not in fields:
       raise ValueError(f'labels={arg.labels!r}: choose from {sorted(fields)}')
     field = fields[arg.labels]
     c.tasks.labels = config_lib.task('multilabel', field, loss='softmax_xent')
-  else:
-    raise ValueError(f'data={arg.data!r}: choose emoji, openclipart or shapes')
 
   c.optimizer.name = 'adamw'
   c.optimizer.lr = 1e-3

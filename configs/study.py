@@ -33,6 +33,7 @@ QUESTIONS = ('labels', 'tail', 'backbone', 'scale', 'binary', 'loss')  # As in t
 RUN_ORDER = ('labels', 'tail', 'loss', 'scale', 'backbone', 'binary')
 EMOJI, MINED, CLIPART = '{root}/data/emoji', '{root}/data/emoji_mined', '{root}/data/openclipart'
 FMNIST = '{root}/data/fashion_mnist'
+JOINT = '{root}/data/emoji+openclipart_mined'  # Both corpora mined into one vocabulary.
 PROBE_PP = 'decode|resize(64)|value_range(-1,1)'
 
 
@@ -43,6 +44,10 @@ def data_jobs():
                                 '--no_plots'),), deps=('data/emoji',)),
       Job('data/openclipart', (('{py}', 'tools/prepare.py', 'openclipart', '--out', CLIPART),)),
       Job('data/fashion_mnist', (('{py}', 'tools/prepare.py', 'fashion_mnist', '--out', FMNIST),)),
+      Job('data/emoji+openclipart_mined', (('{py}', 'tools/mine_labels.py', '--corpus', EMOJI,
+                                            CLIPART, '--out', JOINT, '--exclude_names_of',
+                                            'folder', '--no_plots'),),
+          deps=('data/emoji', 'data/openclipart')),
   ]
 
 
@@ -64,16 +69,22 @@ def train_flops(variant):
                                   params, image)
 
 
-def pretrain_job(variant, labels, loss, fraction, seed, steps, tail=False):
-  name = f'pretrain/{variant.replace("/", "")}-{labels}-{loss}-f{fraction:g}-s{seed}-n{steps}'
-  train = ['{py}', '-m', 'bigvis.train', '--config',
-           f'configs/pretrain.py:runlocal,variant={variant},labels={labels}',
-           f'--config.input.data_dir={MINED}', f'--config.seed={seed}',
+def pretrain_job(variant, labels, loss, fraction, seed, steps, tail=False, mixed=False):
+  """mixed: on emoji and OpenClipArt train, mined jointly and pooled (pretrain.py:data=...)."""
+  name = (f'pretrain/{variant.replace("/", "")}-{labels}-{loss}-f{fraction:g}'
+          f'{"-mixed" if mixed else ""}-s{seed}-n{steps}')
+  data = (('data=emoji+openclipart',) if mixed else ())
+  inputs = ((f'--config.input.sources.emoji.data_dir={JOINT}/emoji',
+             f'--config.input.sources.openclipart.data_dir={JOINT}/openclipart') if mixed else
+            (f'--config.input.data_dir={MINED}', f'--config.input.fraction={fraction}'))
+  train = ('{py}', '-m', 'bigvis.train', '--config',
+           ','.join((f'configs/pretrain.py:runlocal,variant={variant},labels={labels}',) + data),
+           *inputs, f'--config.seed={seed}',
            f'--config.total_steps={steps}', f'--config.checkpoint_every_steps={steps}',
            f'--config.optimizer.warmup_steps={max(1, steps // 10)}',
-           f'--config.tasks.labels.loss={loss}', f'--config.input.fraction={fraction}',
-           '--workdir', '{job}']
-  job = _with_probe(Job(name, (tuple(train),), deps=('data/emoji_mined', 'data/openclipart')))
+           f'--config.tasks.labels.loss={loss}', '--workdir', '{job}')
+  deps = ('data/emoji+openclipart_mined' if mixed else 'data/emoji_mined', 'data/openclipart')
+  job = _with_probe(Job(name, (train,), deps=deps))
   return _with_tail(job) if tail else job
 
 
@@ -158,8 +169,8 @@ def get_study(scale=1.0, seeds=3, questions=QUESTIONS):
                 'clipart linear')
 
   def pretrained(condition, seed, variant='Ti/16', labels='clusters', loss='softmax_xent',
-                 fraction=1.0, p=p_steps, f=f_steps, tail=False):
-    pre = pretrain_job(variant, labels, loss, fraction, seed, p, tail)
+                 fraction=1.0, p=p_steps, f=f_steps, tail=False, mixed=False):
+    pre = pretrain_job(variant, labels, loss, fraction, seed, p, tail, mixed)
     fine = finetune_job(variant, pre, seed, f)
     jobs.extend([pre, fine])
     return _cell(condition, seed, pre, fine)
@@ -219,12 +230,17 @@ def get_study(scale=1.0, seeds=3, questions=QUESTIONS):
              for s in seed_list]
     cells += [Cell('100%', c.seed, c.jobs, c.scores) for c in labels_cells
               if c.condition == 'clusters']
+    cells += [pretrained('100% + OpenClipArt', s, mixed=True) for s in seed_list]
     out.append(Question(
-        'scale', '3. Data scale: 10%, 30%, 100% of the pretraining corpus', tuple(cells),
-        downstream, reference='100%',
+        'scale', '3. Data scale: 10%, 30%, 100% of the pretraining corpus, and the corpora mixed',
+        tuple(cells), downstream, reference='100%',
         notes=('The same pretraining schedule on a fixed random subset of the emoji train split '
                '(`input.fraction`, the same records for every seed); the labels were mined from '
-               'the whole split.')))
+               'the whole split. `100% + OpenClipArt`: the emoji and OpenClipArt train splits '
+               '(5,958 + 3,339 records) mined jointly into one vocabulary (OpenClipArt\'s folder '
+               'names excluded) and pooled, every record sampled alike (`input.mix=records`); its '
+               'OpenClipArt probe scores a trunk that saw the probe\'s training images (not its '
+               'test split or folder labels) in pretraining.')))
   if 'loss' in questions:
     cells = [Cell('softmax', c.seed, c.jobs, c.scores) for c in labels_cells
              if c.condition == 'clusters']

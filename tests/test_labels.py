@@ -1,6 +1,8 @@
 """Label mining: multilingual candidates, vocabulary, clustering, and local == Beam artifacts."""
+import dataclasses
 import filecmp
 import importlib.util
+import json
 import os
 import random
 import unicodedata
@@ -239,11 +241,16 @@ def test_local_and_beam_runners_write_identical_artifacts(corpus, tmp_path, monk
   assert batch["labels"]["mined_clusters"].shape == (4, 5)
 
 
-def test_tool_writes_plots(corpus, tmp_path):
+def _mine_labels_tool():
   spec = importlib.util.spec_from_file_location(
       "mine_labels", os.path.join(os.path.dirname(__file__), "..", "tools", "mine_labels.py"))
   mine_labels = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mine_labels)
+  return mine_labels
+
+
+def test_tool_writes_plots(corpus, tmp_path):
+  mine_labels = _mine_labels_tool()
   out = str(tmp_path / "tool")
   mine_labels.main(["--corpus", corpus, "--out", out, "--workers", "1", "--min_count", "3",
                     "--max_size", "6", "--cluster_max_size", "20", "--clusters", "4",
@@ -251,3 +258,85 @@ def test_tool_writes_plots(corpus, tmp_path):
   assert os.path.getsize(os.path.join(out, "plots", "label_frequency.png")) > 1000
   assert os.path.getsize(os.path.join(out, "plots", "clusters.png")) > 1000
   assert len(read_card(out)["label_names"]["mined_clusters"]) == 4
+
+
+@pytest.fixture(scope="module")
+def other_corpus(tmp_path_factory):
+  """A second corpus whose titles all carry a word the first never has."""
+  out = str(tmp_path_factory.mktemp("labels_other") / "sketches")
+  recs = [dataclasses.replace(r, id=f"sketch-{r.id}", texts={**r.texts,
+                                                             "title": r.texts["title"] + " zebra"})
+          for r in synthetic.shapes_records(60, image_size=16, seed=1)]
+  write_corpus(recs, out, name="sketches", split_of=lambda r: "train", num_shards={"train": 2},
+               card={"description": "test", "label_names": {"shape": list(synthetic.SHAPES)}})
+  return out
+
+
+def test_corpora_mined_jointly_share_one_vocabulary(corpus, other_corpus, tmp_path):
+  from bigvis import config as config_lib
+  from bigvis import train_input
+  from bigvis.labels import beam, local
+  a, b = str(tmp_path / "local"), str(tmp_path / "beam")
+  stats = local.run([corpus, other_corpus], a, MINE, workers=2, chunk_size=40, progress=False)
+  beam.run([corpus, other_corpus], b, MINE, chunk_size=40)
+  assert sorted(stats) == sorted(os.listdir(a)) == ["shapes", "sketches"]
+  for name in stats:
+    names = sorted(os.listdir(os.path.join(a, name)))
+    assert names == sorted(os.listdir(os.path.join(b, name)))
+    _, mismatch, errors = filecmp.cmpfiles(os.path.join(a, name), os.path.join(b, name), names,
+                                           shallow=False)
+    assert not mismatch and not errors, (name, mismatch)
+  assert stats["shapes"]["records"] == {"train": 130, "val": 30, "extra": 2}
+  assert stats["sketches"]["records"] == {"train": 60}
+
+  # One vocabulary, its counts over both corpora: each label's df is the sum of its dfs when
+  # each corpus is mined alone; the word only the second corpus has is in the vocabulary.
+  cards = [read_card(os.path.join(a, n)) for n in ("shapes", "sketches")]
+  assert cards[0]["label_names"] == {**cards[0]["label_names"], **{
+      k: cards[1]["label_names"][k] for k in ("mined_labels", "mined_clusters")}}
+  assert cards[1]["mined"]["jointly_with"] == [corpus]
+  joint_cfg = dataclasses.replace(MINE, cluster_max_size=0)  # Every label that passes min_count.
+  joint = local.run([corpus, other_corpus], str(tmp_path / "all"), joint_cfg, workers=1,
+                    chunk_size=40, progress=False)
+  alone = [local.run(c, str(tmp_path / f"alone{i}"), joint_cfg, workers=1, chunk_size=40,
+                     progress=False) for i, c in enumerate((corpus, other_corpus))]
+  df = lambda path: {l["label"]: l["df"] for l in json.load(open(f"{path}/vocab.json"))["labels"]}
+  both = df(tmp_path / "all" / "shapes")
+  first, second = df(tmp_path / "alone0"), df(tmp_path / "alone1")
+  assert both["zebra"] == second["zebra"] == 60 and "zebra" not in first
+  assert all(both[l] == first.get(l, 0) + second.get(l, 0)
+                      for l in set(first) & set(second))
+  assert joint["sketches"]["fit"]["records"] == alone[1]["fit"]["records"] == 60
+
+  # The trainer mixes the jointly mined copies; separately mined ones name different classes.
+  def mixed(shapes_dir, sketches_dir):
+    c = config_lib.defaults()
+    c.input.data_dir, c.input.split = "", ""
+    c.input.sources.shapes = config_lib.source(shapes_dir)
+    c.input.sources.sketches = config_lib.source(sketches_dir)
+    c.tasks.mined = config_lib.task("multilabel", "mined_clusters")
+    return train_input.resolve_num_classes(c, train_input.resolve(c))
+  assert mixed(f"{a}/shapes", f"{a}/sketches").tasks.mined.num_classes == 5
+  with pytest.raises(config_lib.ConfigError, match="different classes"):
+    mixed(str(tmp_path / "alone0"), str(tmp_path / "alone1"))
+
+  with pytest.raises(ValueError, match="share a folder name"):
+    local.run([corpus, corpus + "/"], str(tmp_path / "dup"), MINE, progress=False)
+
+
+def test_tool_mines_corpora_jointly(corpus, other_corpus, tmp_path, capsys):
+  out = str(tmp_path / "joint")
+  args = ["--corpus", corpus, other_corpus, "--out", out, "--workers", "1", "--min_count", "3",
+          "--max_size", "6", "--cluster_max_size", "20", "--clusters", "4"]
+  with pytest.raises(SystemExit, match="--exclude_names_of nope: no card names classes for it"):
+    _mine_labels_tool().main(args + ["--exclude_names_of", "nope"])
+  assert not os.path.exists(out)
+  _mine_labels_tool().main(args + ["--exclude_names_of", "shape"])  # A field of one corpus only.
+  report = json.loads(capsys.readouterr().out)
+  assert sorted(report["corpora"]) == [f"{out}/shapes", f"{out}/sketches"]
+  assert report["corpora"][f"{out}/sketches"]["records"] == {"train": 60}
+  for name in ("shapes", "sketches"):
+    assert os.path.getsize(os.path.join(out, name, "plots", "label_frequency.png")) > 1000
+    assert len(read_card(os.path.join(out, name))["label_names"]["mined_clusters"]) == 4
+    mined = {l["label"] for l in json.load(open(f"{out}/{name}/vocab.json"))["labels"]}
+    assert mined and not mined & set(synthetic.SHAPES)  # Excluded in both corpora.

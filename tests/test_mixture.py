@@ -121,6 +121,17 @@ def test_mixture_config_errors(corpora):
     train_input.resolve(c)
 
 
+def test_mix_by_records_weighs_each_source_by_its_record_count(corpora):
+  c = mixture_config(*corpora)
+  c.input.sources.b.weight = 3
+  assert [s.weight for s in train_input.resolve(c)] == [1, 3]
+  c.input.mix = 'records'  # a holds 64 records, b 40.
+  assert [s.weight for s in train_input.resolve(c)] == [64, 120]
+  c.input.mix = 'pooled'
+  with pytest.raises(config_lib.ConfigError, match=r"input.mix='pooled': choose from"):
+    config_lib.validate(c)
+
+
 def test_the_multitask_config_validates():
   from bigvis.configs import multitask
   c = config_lib.validate(multitask.get_config('runlocal'))

@@ -7,6 +7,10 @@
     out/clusters.json   clusters (id, name, members, df_sum) and label -> cluster id
     out/stats.json      config, text issues, df histogram, long tail and coverage
 
+Several corpora mined jointly (one vocabulary, one set of clusters, fitted on all their fit
+splits) give one such folder each, out/<corpus folder name>/, whose cards name the same classes,
+so the trainer can mix them (`config.input.sources`).
+
 Everything is written under a sibling staging folder and renamed into place at
 the end, so a failed run leaves the previous output as it was. No file holds a
 time, host or runner name: the same input and config give the same bytes.
@@ -28,13 +32,27 @@ from bigvis.labels.vocab import Vocab
 ARTIFACTS = ("vocab.json", "clusters.json", "stats.json")
 
 
-def staging_dir(out: str, corpus: str) -> str:
+def output_names(corpora: list[str], joint: bool) -> list[str]:
+  """Each corpus's folder under out: '' (out itself) for one corpus, else its folder name."""
+  if not joint:
+    return [""]
+  names = [os.path.basename(os.path.normpath(c)) for c in corpora]
+  if shared := sorted({n for n in names if names.count(n) > 1}):
+    raise ValueError(f"corpora {[c for c, n in zip(corpora, names) if n in shared]} share a "
+                     "folder name; mined jointly, each is written to out/<its folder name>")
+  return names
+
+
+def staging_dir(out: str, corpora: list[str], names: list[str]) -> str:
+  """A fresh staging folder beside `out`, with one (empty) subfolder per output name."""
   out = os.path.abspath(out)
-  if os.path.realpath(out) == os.path.realpath(corpus):
-    raise ValueError(f"--out {out} is the input corpus; write the labelled copy elsewhere")
+  for corpus in corpora:
+    if os.path.realpath(out) == os.path.realpath(corpus):
+      raise ValueError(f"--out {out} is the input corpus; write the labelled copy elsewhere")
   staging = f"{out}.incoming-{os.getpid()}"
   shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
+  for name in names:
+    os.makedirs(os.path.join(staging, name), exist_ok=True)
   return staging
 
 
@@ -89,7 +107,7 @@ _EMBEDDINGS = {"cooccurrence": "PPMI-SVD of their co-occurrence",
 
 
 def _card(corpus: str, staging: str, cfg: MinerConfig, vocab: Vocab, clusters: Clusters,
-          pass3: dict, stats: dict) -> dict:
+          pass3: dict, stats: dict, jointly_with: list[str]) -> dict:
   card = writer.read_card(corpus)
   card["label_names"] = {**card.get("label_names", {}),
                          "mined_labels": list(vocab.labels[:vocab.num_labels]),
@@ -118,20 +136,27 @@ def _card(corpus: str, staging: str, cfg: MinerConfig, vocab: Vocab, clusters: C
                           if f.startswith(f"{split}-"))
   card["num_records"] = records_total
   card["mined"] = {"from_corpus": corpus, "config": cfg.to_json(), "artifacts": list(ARTIFACTS),
-                   "summary": {k: stats[k] for k in ("vocabulary",)}}
+                   "summary": {k: stats[k] for k in ("vocabulary",)},
+                   **({"jointly_with": jointly_with} if jointly_with else {})}
   return card
 
 
 def write(staging: str, corpus: str, cfg: MinerConfig, vocab: Vocab, clusters: Clusters,
-          pass1: dict, pass3: dict) -> dict:
-  """Writes the JSON artifacts and the card into `staging`; returns stats.json's content."""
+          pass1: dict, pass3: dict, jointly_with: list[str] = ()) -> dict:
+  """Writes the JSON artifacts and the card into `staging`; returns stats.json's content.
+
+  pass3: this corpus's labelling stats; pass1 (and so the vocabulary's own counts): those of
+  all the corpora mined jointly, the others listed in `jointly_with`.
+  """
   stats = build_stats(cfg, vocab, clusters, pass1, pass3)
+  if jointly_with:
+    stats["fit"]["jointly_with"] = list(jointly_with)
   files = {"vocab.json": vocab.to_json(), "clusters.json": clusters.to_json(vocab),
            "stats.json": stats}
   for name, obj in files.items():
     with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
       f.write(dumps(obj))
-  card = _card(corpus, staging, cfg, vocab, clusters, pass3, stats)
+  card = _card(corpus, staging, cfg, vocab, clusters, pass3, stats, list(jointly_with))
   with open(os.path.join(staging, writer.CARD_JSON), "w", encoding="utf-8") as f:
     f.write(dumps(card))
   with open(os.path.join(staging, writer.CARD_MD), "w", encoding="utf-8") as f:

@@ -10,7 +10,8 @@ The graph: fit-split chunks -> Reshuffle -> read + candidates -> CombinePerKey
 distributed) -> singleton Vocab; candidates -> vocabulary ids -> batches -> pair counts
 -> row sums (CombineGlobally) and row blocks (CombinePerKey, reduced in parallel)
 -> PPMI rows per block -> one matrix -> singleton Clusters; all shards -> label_shard
-(vocab, clusters as side inputs) -> CombineGlobally(stats) -> artifact JSON.
+(vocab, clusters as side inputs) -> CombineGlobally(stats) -> artifact JSON. Several corpora
+mined jointly share the fit passes; each gets its own labelling branch and artifacts.
 The staging folder is renamed into place by the launching process after the
 pipeline finishes, so the input and output paths must be visible to the
 launcher and to every worker (a shared or FUSE-mounted filesystem, e.g.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -112,13 +114,19 @@ class _MergeStats(beam.CombineFn):
     return acc
 
 
-def _write(pass3, staging, corpus, cfg, vocab, clusters, hist, issues):
-  artifacts.write(staging, corpus, cfg, vocab, clusters, {"issues": issues, "df_hist": hist}, pass3)
+def _write(pass3, staging, corpus, cfg, vocab, clusters, hist, issues, jointly_with):
+  artifacts.write(staging, corpus, cfg, vocab, clusters, {"issues": issues, "df_hist": hist}, pass3,
+                  jointly_with)
 
 
-def build(p: beam.Pipeline, corpus: str, staging: str, cfg: MinerConfig, chunk_size: int) -> None:
-  """Adds the mining graph (see the module docstring) to pipeline `p`."""
-  mined = (p | "FitChunks" >> beam.Create(steps.fit_chunks(corpus, cfg, chunk_size))
+def build(p: beam.Pipeline, outputs: list[tuple[str, str]], cfg: MinerConfig,
+          chunk_size: int) -> None:
+  """Adds the mining graph (see the module docstring) to pipeline `p`.
+
+  outputs: (corpus, staging folder of its labelled copy) of each corpus mined jointly.
+  """
+  fit = [c for corpus, _ in outputs for c in steps.fit_chunks(corpus, cfg, chunk_size)]
+  mined = (p | "FitChunks" >> beam.Create(fit)
            | "Spread" >> beam.Reshuffle()
            | "Read" >> beam.FlatMap(steps.read_chunk)
            | "Candidates" >> beam.Map(lambda ri: steps.mine(ri[0], ri[1], cfg)))
@@ -156,26 +164,39 @@ def build(p: beam.Pipeline, corpus: str, staging: str, cfg: MinerConfig, chunk_s
     fitted = (p | "NoPairs" >> beam.Create([None])
               | "Cluster" >> beam.Map(lambda _, v: cluster.fit(None, v, cfg), vocab))
   clusters = AsSingleton(fitted)
-  pass3 = (p | "Shards" >> beam.Create(steps.all_shards(corpus))
-           | "SpreadShards" >> beam.Reshuffle()
-           | "LabelShard" >> beam.Map(
-               lambda path, v, c: steps.label_shard(path, staging, cfg, v, c), vocab, clusters)
-           | "Stats" >> beam.CombineGlobally(_MergeStats()))
-  _ = pass3 | "Artifacts" >> beam.Map(_write, staging, corpus, cfg, vocab, clusters, hist, issues)
+  for i, (corpus, staging) in enumerate(outputs):
+    at = f" {i}" if i else ""  # Stage names stay those of a one-corpus graph.
+    others = [c for c, _ in outputs if c != corpus]
+    pass3 = (p | f"Shards{at}" >> beam.Create(steps.all_shards(corpus))
+             | f"SpreadShards{at}" >> beam.Reshuffle()
+             | f"LabelShard{at}" >> beam.Map(
+                 lambda path, v, c, d: steps.label_shard(path, d, cfg, v, c), vocab, clusters,
+                 staging)
+             | f"Stats{at}" >> beam.CombineGlobally(_MergeStats()))
+    _ = pass3 | f"Artifacts{at}" >> beam.Map(_write, staging, corpus, cfg, vocab, clusters, hist,
+                                              issues, others)
 
 
-def run(corpus: str, out: str, cfg: MinerConfig, *, pipeline_args: list[str] | None = None,
-        chunk_size: int = 5000) -> dict:
-  """Mines labels of `corpus` into the labelled copy `out`; returns stats.json's content."""
-  staging = artifacts.staging_dir(out, corpus)
+def run(corpus: str | Sequence[str], out: str, cfg: MinerConfig, *,
+        pipeline_args: list[str] | None = None, chunk_size: int = 5000) -> dict:
+  """Mines labels of `corpus` into the labelled copy `out`; returns stats.json's content.
+
+  A list of corpora is mined jointly into out/<each one's folder name>; returns {folder name:
+  its stats.json's content} (as bigvis.labels.local.run).
+  """
+  corpora = [corpus] if isinstance(corpus, str) else list(corpus)
+  names = artifacts.output_names(corpora, joint=not isinstance(corpus, str))
+  staging = artifacts.staging_dir(out, corpora, names)
   try:
     options = PipelineOptions(pipeline_args or ["--runner=DirectRunner"])
     with beam.Pipeline(options=options) as p:
-      build(p, corpus, staging, cfg, chunk_size)
-    with open(os.path.join(staging, "stats.json"), encoding="utf-8") as f:
-      stats = json.load(f)
+      build(p, [(x, os.path.join(staging, n)) for x, n in zip(corpora, names)], cfg, chunk_size)
+    stats = {}
+    for name in names:
+      with open(os.path.join(staging, name, "stats.json"), encoding="utf-8") as f:
+        stats[name] = json.load(f)
     artifacts.commit(staging, out)
-    return stats
+    return stats[""] if isinstance(corpus, str) else stats
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise

@@ -9,9 +9,11 @@ main process spills each chunk's pair counts to disk by row block
 (cluster.split_blocks), then reduces one block at a time into its PPMI rows, so
 its memory is bounded by a block and the PPMI matrix, not by the corpus; then it
 embeds and clusters the labels (pass 2 is skipped if only the text model embeds).
-Pass 3 labels every shard (all splits) in parallel. Workers are spawned, not
-forked, so no thread state (BLAS, OpenMP from k-means) leaks into them; each
-pass's pool gets the state it needs once, through its initializer.
+Pass 3 labels every shard (all splits) in parallel. Several corpora mined jointly
+share passes 1 and 2 (all their fit splits); pass 3 writes each corpus's copy
+(artifacts.output_names). Workers are spawned, not forked, so no thread state
+(BLAS, OpenMP from k-means) leaks into them; each pass's pool gets the state it
+needs once, through its initializer.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,7 +33,7 @@ from bigvis.labels import artifacts, cluster, steps
 from bigvis.labels import vocab as vocab_lib
 from bigvis.labels.config import MinerConfig
 
-_STATE: tuple = ()  # per-worker (cfg, vocab, clusters, out_dir), set by _init
+_STATE: tuple = ()  # per-worker (cfg, vocab, clusters), set by _init
 
 
 def _init(*state) -> None:
@@ -46,9 +49,10 @@ def _pairs(chunk):
   return cluster.pair_counts(steps.ids_chunk(chunk, _STATE[0], _STATE[1])), chunk.end - chunk.begin
 
 
-def _label(path):
-  cfg, vocab, clusters, out_dir = _STATE
-  return steps.label_shard(path, out_dir, cfg, vocab, clusters)
+def _label(task):
+  path, out_dir = task
+  cfg, vocab, clusters = _STATE
+  return out_dir, steps.label_shard(path, out_dir, cfg, vocab, clusters)
 
 
 def _map(fn, tasks, state, workers, desc, sizes=None, progress=True):
@@ -133,9 +137,12 @@ class _PairSpill:
     shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def run(corpus: str, out: str, cfg: MinerConfig, *, workers: int | None = None,
+def run(corpus: str | Sequence[str], out: str, cfg: MinerConfig, *, workers: int | None = None,
         chunk_size: int = 5000, progress: bool = True, timings: dict | None = None) -> dict:
   """Mines labels of `corpus` into the labelled copy `out`; returns stats.json's content.
+
+  A list of corpora is mined jointly into out/<each one's folder name>; returns {folder name:
+  its stats.json's content}.
 
   timings: if given, filled with seconds per phase (kept out of the artifacts, which
   must not depend on the machine).
@@ -150,9 +157,11 @@ def run(corpus: str, out: str, cfg: MinerConfig, *, workers: int | None = None,
     clock = now
 
   workers = workers or os.cpu_count() or 1
-  chunks = steps.fit_chunks(corpus, cfg, chunk_size)
+  corpora = [corpus] if isinstance(corpus, str) else list(corpus)
+  names = artifacts.output_names(corpora, joint=not isinstance(corpus, str))
+  chunks = [c for x in corpora for c in steps.fit_chunks(x, cfg, chunk_size)]
   sizes = [c.end - c.begin for c in chunks]
-  staging = artifacts.staging_dir(out, corpus)
+  staging = artifacts.staging_dir(out, corpora, names)
   try:
     totals: dict = {}
     for part, _ in _map(_count, chunks, (cfg,), workers, "pass 1: counts", sizes, progress):
@@ -181,14 +190,19 @@ def run(corpus: str, out: str, cfg: MinerConfig, *, workers: int | None = None,
     del p  # pass 3 needs only the clusters
     lap("cluster_fit")
 
-    shards = steps.all_shards(corpus)
-    pass3 = steps.merge_stats(_map(_label, shards, (cfg, vocab, clusters, staging), workers,
-                                   "pass 3: targets", progress=progress))
+    dirs = [os.path.join(staging, name) for name in names]
+    tasks = [(path, d) for x, d in zip(corpora, dirs) for path in steps.all_shards(x)]
+    parts = {d: [] for d in dirs}
+    for d, part in _map(_label, tasks, (cfg, vocab, clusters), workers, "pass 3: targets",
+                        progress=progress):
+      parts[d].append(part)
     lap("pass3_targets")
-    stats = artifacts.write(staging, corpus, cfg, vocab, clusters, pass1, pass3)
+    stats = {name: artifacts.write(d, x, cfg, vocab, clusters, pass1, steps.merge_stats(parts[d]),
+                                   [y for y in corpora if y != x])
+             for x, name, d in zip(corpora, names, dirs)}
     artifacts.commit(staging, out)
     lap("write_artifacts")
-    return stats
+    return stats[""] if isinstance(corpus, str) else stats
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
