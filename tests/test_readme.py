@@ -2,7 +2,7 @@
 make target they name exists, every flag they pass is one the tool defines, every config arg and
 `--config.` override names a real field, and every corpus or run a training command reads was
 written by an earlier command of the README (as a newcomer runs them, top to bottom)."""
-import glob
+import ast
 import importlib.util
 import os
 import re
@@ -14,6 +14,7 @@ from tests import helpers
 
 README = os.path.join(helpers.REPO, 'README.md')
 _TOOL = re.compile(r'(tools/\w+\.py|bench/\w+\.py|tests/soak/\w+\.py)$')
+_MODULE_NAME = re.compile(r'bigvis(\.\w+)+(:\w+)?$')
 
 
 def _commands():
@@ -33,11 +34,36 @@ def _commands():
   return out
 
 
+def _module_file(name, folder):
+  """The repo file of an imported module: bigvis.x.y, or a sibling of the importing script."""
+  base = os.path.join(helpers.REPO, *name.split('.')) if name.startswith('bigvis') else (
+      os.path.join(folder, name))
+  return next((f for f in (base + '.py', os.path.join(base, '__init__.py')) if os.path.exists(f)),
+              None)
+
+
 def _sources(path):
-  """A tool's source and bigvis's: where its argparse flags (subcommands included) are defined."""
-  files = [os.path.join(helpers.REPO, path)] + glob.glob(
-      os.path.join(helpers.REPO, 'bigvis', '**', '*.py'), recursive=True)
-  return ''.join(open(f).read() for f in files)
+  """A tool's source and that of the repo modules it imports, transitively: where its argparse
+  flags (subcommands included) may be defined."""
+  todo, seen = [os.path.join(helpers.REPO, path)], set()
+  while todo:
+    f = todo.pop()
+    if f in seen:
+      continue
+    seen.add(f)
+    with open(f) as fh:
+      tree = ast.parse(fh.read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        names = [node.module] + [f'{node.module}.{a.name}' for a in node.names]
+      elif isinstance(node, ast.Constant) and _MODULE_NAME.match(str(node.value)):
+        names = [node.value.partition(':')[0]]  # Imported by name (importlib), e.g. prepare.py.
+      else:
+        continue
+      todo += [m for m in (_module_file(n, os.path.dirname(f)) for n in names) if m]
+  return ''.join(open(f).read() for f in sorted(seen))
 
 
 def _config(spec):
