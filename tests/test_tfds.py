@@ -2,17 +2,22 @@
 
 import dataclasses
 import io
+import json
+import os
 import sys
 
 import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
-from bigvis import synthetic
+from bigvis import fileio, synthetic
 from bigvis.corpora import write_corpus
 from data import bigvis_corpus, bigvis_emoji  # noqa: F401  (registers the builders)
+from data import build
+from tests import gcs
 
 # TFDS 4.9.10 calls protobuf's deprecated FieldDescriptor.label().
 pytestmark = pytest.mark.filterwarnings("ignore:label\\(\\) is deprecated:DeprecationWarning")
@@ -37,8 +42,8 @@ def _split(r):
   return "test" if i % 5 == 0 else "val_query" if i % 5 == 1 else "train"
 
 
-def _write(out_dir):
-  return write_corpus(_records(), str(out_dir), name="shapes", split_of=_split,
+def _write(out_dir, n=40):
+  return write_corpus(_records(n), str(out_dir), name="shapes", split_of=_split,
                       num_shards={"train": 2}, card={
                           "description": "tiny shapes", "license": "CC0-1.0",
                           "citation": "none", "homepage": "https://example.org",
@@ -131,6 +136,46 @@ def test_missing_card_fails_loudly(tmp_path):
                          corpus_dir=str(tmp_path / "nothing"))
   with pytest.raises(FileNotFoundError, match="no dataset card"):
     builder.download_and_prepare()
+
+
+def test_overwrite_rebuilds_from_the_corpus_as_it_is_now(tmp_path):
+  _write(tmp_path / "shapes")
+  kw = dict(data_dir=str(tmp_path / "tfds"), corpus_dir=str(tmp_path / "shapes"))
+  assert build.build("bigvis_corpus/shapes", **kw).info.splits["train"].num_examples == 24
+  _write(tmp_path / "shapes", n=60)
+  assert build.build("bigvis_corpus/shapes", **kw).info.splits["train"].num_examples == 24
+  assert build.build("bigvis_corpus/shapes", overwrite=True, **kw).info.splits[
+      "train"].num_examples == 36
+
+
+def test_corpus_and_build_in_a_bucket(built, tmp_path):
+  """Read from a bucket corpus, written to a bucket data dir (ArrayRecord's writer opens only
+  local files): the upload is the whole build, and a failed rebuild leaves it as it was."""
+  root, card, local = built
+  with gcs.emulator() as emu:
+    url = emu.make_bucket("bigvis-tfds")
+    for f in (root / "shapes").iterdir():
+      epath.Path(f).copy(epath.Path(f"{url}/shapes/{f.name}"))
+    remote = build.build("bigvis_corpus/shapes", data_dir=f"{url}/tfds",
+                         corpus_dir=f"{url}/shapes")
+    assert os.fspath(remote.data_path).startswith(f"{url}/tfds/bigvis_corpus/shapes/")
+    assert {s: i.num_examples for s, i in remote.info.splits.items()} == {
+        s: v["records"] for s, v in card["splits"].items()}
+    objects = emu.list("bigvis-tfds", "tfds/")
+    assert not [o for o in objects if "incomplete" in o or "tmp" in o], objects
+    copy = tmp_path / "copy"
+    fileio.download_dir(os.fspath(remote.data_path), str(copy))
+    got = _by_id(tfds.builder_from_directory(str(copy)).as_data_source("train"))
+    want = _by_id(local.as_data_source("train"))
+    assert got.keys() == want.keys()
+    assert all(got[i]["image"] == want[i]["image"] for i in got)
+
+    card_path = epath.Path(f"{url}/shapes/dataset_card.json")
+    card_path.write_text(json.dumps({**card, "status": "failed", "error": "disk full"}))
+    with pytest.raises(ValueError, match="disk full"):
+      build.build("bigvis_corpus/shapes", data_dir=f"{url}/tfds", corpus_dir=f"{url}/shapes",
+                  overwrite=True)
+    assert emu.list("bigvis-tfds", "tfds/") == objects
 
 
 def test_no_tensorflow():
