@@ -120,7 +120,8 @@ class CorpusBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                         self.corpus_name)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    if (self.data_path / "dataset_info.json").exists():  # built: restored from its files
+    # Built: restored from its files.
+    if (self.data_path / tfds.core.constants.DATASET_INFO_FILENAME).exists():
       return tfds.core.DatasetInfo(builder=self)
     try:
       card = read_card(self.corpus_dir)

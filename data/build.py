@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from bigvis import fileio
 from data import bigvis_corpus, bigvis_emoji  # noqa: F401  (registers the builders)
 
-INFO = "dataset_info.json"  # TFDS restores a build from it; written last
+INFO = tfds.core.constants.DATASET_INFO_FILENAME  # TFDS restores a build from it; written last
 
 
 def build(name, *, data_dir=None, corpus_dir=None, overwrite=False):

@@ -45,25 +45,25 @@ def _module_file(name, folder):
 def _sources(path):
   """A tool's source and that of the repo modules it imports, transitively: where its argparse
   flags (subcommands included) may be defined."""
-  todo, seen = [os.path.join(helpers.REPO, path)], set()
+  todo, texts = [os.path.join(helpers.REPO, path)], {}
   while todo:
     f = todo.pop()
-    if f in seen:
+    if f in texts:
       continue
-    seen.add(f)
     with open(f) as fh:
-      tree = ast.parse(fh.read())
-    for node in ast.walk(tree):
+      texts[f] = fh.read()
+    for node in ast.walk(ast.parse(texts[f])):
       if isinstance(node, ast.Import):
         names = [a.name for a in node.names]
       elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
         names = [node.module] + [f'{node.module}.{a.name}' for a in node.names]
-      elif isinstance(node, ast.Constant) and _MODULE_NAME.match(str(node.value)):
+      elif isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+          _MODULE_NAME.match(node.value)):
         names = [node.value.partition(':')[0]]  # Imported by name (importlib), e.g. prepare.py.
       else:
         continue
       todo += [m for m in (_module_file(n, os.path.dirname(f)) for n in names) if m]
-  return ''.join(open(f).read() for f in sorted(seen))
+  return ''.join(texts[f] for f in sorted(texts))
 
 
 def _config(spec):
